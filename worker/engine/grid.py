@@ -1,0 +1,151 @@
+"""The translation grid of a sweep (SPEC §1); plain Python so the API can validate grids."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_SHIFTS = 10_000
+_DECIMALS = 9
+
+
+class GridError(ValueError):
+    """The requested grid cannot be swept; the message says why."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The grid's shifts ordered by dy then dx, and the step when it is a range grid."""
+
+    shifts: tuple[tuple[float, float], ...]
+    step: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.shifts)
+
+    @property
+    def integral(self) -> bool:
+        return all(float(dx).is_integer() and float(dy).is_integer() for dx, dy in self.shifts)
+
+    @property
+    def max_abs(self) -> tuple[float, float]:
+        """The largest |dx| and |dy| of the grid, the reference (0, 0) included."""
+        return (
+            max([0.0] + [abs(dx) for dx, _ in self.shifts]),
+            max([0.0] + [abs(dy) for _, dy in self.shifts]),
+        )
+
+    def neighbour_pairs(self) -> list[tuple[int, int]]:
+        """Index pairs of shifts one step apart in exactly one of dx, dy (empty for a list)."""
+        if self.step is None:
+            return []
+        index = {shift: i for i, shift in enumerate(self.shifts)}
+        pairs = []
+        for i, (dx, dy) in enumerate(self.shifts):
+            for neighbour in ((_round(dx + self.step), dy), (dx, _round(dy + self.step))):
+                j = index.get(neighbour)
+                if j is not None:
+                    pairs.append((i, j))
+        return pairs
+
+    def to_json(self) -> list[list[float]]:
+        return [[_plain(dx), _plain(dy)] for dx, dy in self.shifts]
+
+
+def _round(value: float) -> float:
+    # Shifts are compared as dictionary keys: round away float noise such as 0.1 + 0.2.
+    return round(value, _DECIMALS) + 0.0
+
+
+def _plain(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise GridError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _axis(bounds: Any, step: float, name: str) -> list[float]:
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise GridError(f"shifts.{name} must be [min, max]")
+    low, high = (_number(v, f"shifts.{name}") for v in bounds)
+    if low > high:
+        raise GridError(f"shifts.{name}: min {low:g} is greater than max {high:g}")
+    count = math.floor((high - low) / step + 1e-9) + 1
+    return [_round(low + k * step) for k in range(count)]
+
+
+def build_grid(spec: dict[str, Any]) -> Grid:
+    """Turn the request's `shifts` object into a Grid, or raise GridError."""
+    if not isinstance(spec, dict):
+        raise GridError("shifts must be an object: {dx, dy, step} or {list}")
+    if "list" in spec:
+        if set(spec) - {"list"}:
+            raise GridError("shifts.list cannot be combined with dx, dy or step")
+        raw = spec["list"]
+        if not isinstance(raw, list) or not raw:
+            raise GridError("shifts.list must be a non-empty list of [dx, dy] pairs")
+        shifts = []
+        for item in raw:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise GridError(f"shifts.list entries must be [dx, dy] pairs, got {item!r}")
+            shifts.append((_round(_number(item[0], "dx")), _round(_number(item[1], "dy"))))
+        seen: set[tuple[float, float]] = set()
+        repeated = [s for s in shifts if s in seen or seen.add(s)]
+        if repeated:
+            dx, dy = repeated[0]
+            raise GridError(f"shifts.list repeats the pair [{_plain(dx)}, {_plain(dy)}]")
+        if len(shifts) > MAX_SHIFTS:
+            raise GridError(f"the grid has {len(shifts)} shifts; at most {MAX_SHIFTS} are allowed")
+        return Grid(tuple(sorted(shifts, key=lambda s: (s[1], s[0]))), None)
+    unknown = set(spec) - {"dx", "dy", "step"}
+    if unknown:
+        raise GridError(f"unknown field(s) in shifts: {', '.join(sorted(unknown))}")
+    if "dx" not in spec or "dy" not in spec:
+        raise GridError("shifts needs dx and dy ranges, e.g. {\"dx\": [-2, 2], \"dy\": [-2, 2], \"step\": 1}")
+    step = _number(spec.get("step", 1), "shifts.step")
+    if step <= 0:
+        raise GridError("shifts.step must be positive")
+    xs = _axis(spec["dx"], step, "dx")
+    ys = _axis(spec["dy"], step, "dy")
+    if len(xs) * len(ys) > MAX_SHIFTS:
+        raise GridError(f"the grid has {len(xs) * len(ys)} shifts; at most {MAX_SHIFTS} are allowed")
+    return Grid(tuple((dx, dy) for dy in ys for dx in xs), _round(step))
+
+
+def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_hw: tuple[int, int]) -> None:
+    """Raise GridError if the grid's shifts cannot be applied to images of this size."""
+    image_h, image_w = image_hw
+    input_h, input_w = input_hw
+    if padding == "crop":
+        if image_h < input_h or image_w < input_w:
+            raise GridError(
+                f"padding 'crop' needs images larger than the model input: "
+                f"images are {image_h}x{image_w}, the model takes {input_h}x{input_w}"
+            )
+        top, left = (image_h - input_h) // 2, (image_w - input_w) // 2
+        for dx, dy in grid.shifts:
+            # The window moves by (-dx, -dy); with fractional shifts it touches floor and ceil.
+            if (top - math.ceil(dy) < 0 or top - math.floor(dy) + input_h > image_h
+                    or left - math.ceil(dx) < 0 or left - math.floor(dx) + input_w > image_w):
+                raise GridError(
+                    f"shift ({_plain(dx)}, {_plain(dy)}) moves the {input_h}x{input_w} crop window "
+                    f"outside the {image_h}x{image_w} image; the window can move by "
+                    f"{left}..{image_w - input_w - left} in x and {top}..{image_h - input_h - top} in y"
+                )
+        return
+    if (image_h, image_w) != (input_h, input_w):
+        raise GridError(
+            f"the dataset's images are {image_h}x{image_w} but the model takes "
+            f"{input_h}x{input_w}; images are never resized (use padding 'crop' for larger images)"
+        )
+    max_dx, max_dy = grid.max_abs
+    if max_dx >= image_w or max_dy >= image_h:
+        raise GridError(
+            f"every shift needs |dx| < {image_w} and |dy| < {image_h} (the image size); "
+            f"the grid reaches |dx| = {_plain(max_dx)}, |dy| = {_plain(max_dy)}"
+        )

@@ -1,0 +1,56 @@
+"""The metrics of SPEC §2, computed from a finished Tally."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.engine.grid import Grid
+from worker.engine.tally import Tally
+
+
+def summary(tally: Tally, grid: Grid) -> dict[str, Any]:
+    """clean/mean/worst-case accuracy, consistency and flip rate over the grid."""
+    n, shifts = tally.n, grid.size
+    if n == 0:
+        raise ValueError("no samples were evaluated")
+    return {
+        "clean_accuracy": tally.clean_correct / n,
+        "mean_accuracy": int(tally.shift_correct.sum()) / (shifts * n),
+        "worst_case_accuracy": tally.worst_correct / n,
+        "consistency": tally.consistency_squares / (shifts * shifts * n),
+        "flip_rate": tally.flip_changes / tally.flip_pairs if tally.flip_pairs else None,
+        "num_samples": n,
+        "num_shifts": shifts,
+    }
+
+
+def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
+    """One row per grid shift, in grid order (dy, then dx)."""
+    rows = []
+    for i, (dx, dy) in enumerate(grid.shifts):
+        correct, agree = int(tally.shift_correct[i]), int(tally.shift_agree[i])
+        rows.append({
+            "dx": dx,
+            "dy": dy,
+            "n": tally.n,
+            "correct": correct,
+            "agreed": agree,
+            "accuracy": correct / tally.n,
+            "agreement": agree / tally.n,
+        })
+    return rows
+
+
+def class_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
+    """Per true label: n, clean, mean and worst-case accuracy."""
+    rows = []
+    for label in sorted(tally.classes):
+        counts = tally.classes[label]
+        rows.append({
+            "label": label,
+            "n": counts.n,
+            "clean_accuracy": counts.clean_correct / counts.n,
+            "mean_accuracy": counts.shift_correct / (grid.size * counts.n),
+            "worst_case_accuracy": counts.worst_correct / counts.n,
+        })
+    return rows
