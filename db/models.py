@@ -1,0 +1,178 @@
+"""SQLAlchemy 2.x tables of ShiftScore."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Blob(Base):
+    """Content-addressed bytes, kept in the database so any worker on any host reaches them."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # NULL for the built-in datasets every tenant sees.
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    task: Mapped[str] = mapped_column(String(20), default="classification")
+    sha256: Mapped[str] = mapped_column(String(64))
+    images_blob: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    targets_blob: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    num_samples: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    max_label: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(20))
+    task: Mapped[str] = mapped_column(String(20), default="classification")
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    architecture: Mapped[str | None] = mapped_column(String(100))
+    architecture_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    input_spec: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20), default="validating")
+    error: Mapped[str | None] = mapped_column(Text)
+    num_parameters: Mapped[int | None] = mapped_column(BigInteger)
+    num_outputs: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Evaluation(Base):
+    """One sweep; its id is also the Celery task id."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_evaluations_idempotency"),
+        Index("ix_evaluations_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_evaluations_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    request: Mapped[dict[str, Any]] = mapped_column()
+    sweep_key: Mapped[str] = mapped_column(String(64), index=True)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    progress_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    progress_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ShiftResult(Base):
+    __tablename__ = "shift_results"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dx: Mapped[float] = mapped_column(Float)
+    dy: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    correct: Mapped[int] = mapped_column(Integer)
+    agreed: Mapped[int] = mapped_column(Integer)
+
+
+class ClassResult(Base):
+    __tablename__ = "class_results"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    clean_accuracy: Mapped[float] = mapped_column(Float)
+    mean_accuracy: Mapped[float] = mapped_column(Float)
+    worst_case_accuracy: Mapped[float] = mapped_column(Float)
+
+
+class ExampleResult(Base):
+    __tablename__ = "example_results"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(Integer)
+    clean_prediction: Mapped[int] = mapped_column(Integer)
+    worst_prediction: Mapped[int] = mapped_column(Integer)
+    worst_dx: Mapped[float] = mapped_column(Float)
+    worst_dy: Mapped[float] = mapped_column(Float)
+    flips: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,65 @@
+"""Database engine and sessions, built once per process from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from shiftscore.settings import get_settings
+
+_engine: Engine | None = None
+_factory: sessionmaker[Session] | None = None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the API read while a worker writes; busy_timeout waits out the writer's lock.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`, with SQLite set up for one writer and many readers."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def get_engine() -> Engine:
+    global _engine, _factory
+    if _engine is None:
+        _engine = make_engine(get_settings().database_url)
+        _factory = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def dispose_engine() -> None:
+    """Drop pooled connections (after a fork, or when the settings change)."""
+    global _engine, _factory
+    if _engine is not None:
+        _engine.dispose(close=False)
+    _engine = None
+    _factory = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    get_engine()
+    assert _factory is not None
+    session = _factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
