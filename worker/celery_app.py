@@ -1,0 +1,44 @@
+"""The Celery application. No torch here: the API imports this module to enqueue work."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shiftscore.settings import Settings, get_settings
+from worker.broker import celery_broker_url
+
+QUEUE = "shiftscore"
+RUN_EVALUATION = "shiftscore.run_evaluation"
+VALIDATE_MODEL = "shiftscore.validate_model"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for long sweeps: late acks, one task at a time, bounded run time."""
+    app = Celery("shiftscore")
+    app.conf.update(
+        broker_url=celery_broker_url(settings.broker_url),
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers an unacknowledged task after this; it must exceed the hard limit.
+        broker_transport_options={"visibility_timeout": settings.task_hard_time_limit + 600},
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_hard_time_limit,
+        task_default_queue=QUEUE,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+_app: Celery | None = None
+
+
+def get_celery() -> Celery:
+    global _app
+    if _app is None:
+        _app = make_celery(get_settings())
+    return _app

@@ -1,0 +1,43 @@
+"""Celery tasks: thin wrappers that take ids and call the domain code in worker.evaluations."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from db.session import dispose_engine
+from shiftscore.settings import get_settings
+from worker.celery_app import RUN_EVALUATION, VALIDATE_MODEL, get_celery
+
+app = get_celery()
+
+
+@worker_process_init.connect
+def _init_child(**_: object) -> None:
+    # Torch is first touched here, in the forked child: a parent that ran a torch
+    # op before forking leaves its children hanging in libgomp.
+    import torch
+
+    torch.set_num_threads(get_settings().torch_threads)
+    dispose_engine()
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(name=RUN_EVALUATION)
+def run_evaluation(evaluation_id: str) -> None:
+    from worker import evaluations
+
+    evaluations.run_evaluation(evaluation_id, _worker_name(), (SoftTimeLimitExceeded,))
+
+
+@app.task(name=VALIDATE_MODEL)
+def validate_model(model_id: str) -> None:
+    from worker import evaluations
+
+    evaluations.validate_uploaded_model(model_id)
