@@ -1,0 +1,28 @@
+"""The ShiftScore REST API (Flask). Torch is never imported here."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api.auth import register_auth
+from api.errors import register_error_handlers
+from api.routes import datasets, evaluations, health, models
+from shiftscore.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The Flask app, wired to the settings' database and broker."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    # Form fields beside a file part stay small; the file itself spools to disk.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    app.json.sort_keys = False
+    register_error_handlers(app)
+    register_auth(app)
+    for blueprint in (health.bp, datasets.bp, models.bp, evaluations.bp):
+        app.register_blueprint(blueprint)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app

@@ -1,0 +1,44 @@
+"""/v1/datasets"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from api.auth import current_tenant
+from api.schemas import DatasetUpload, Page, parse
+from api.serializers import dataset_json
+from api.services import datasets
+from api.uploads import uploaded_file
+from db.session import session_scope
+
+bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
+
+
+@bp.post("")
+def create():
+    form = parse(DatasetUpload, request.form.to_dict(), "form")
+    with uploaded_file() as (path, filename), session_scope() as session:
+        dataset = datasets.create_dataset(session, current_tenant(), form.name, path, filename)
+        body = dataset_json(dataset)
+    return jsonify(body), 201, {"Location": f"/v1/datasets/{body['id']}"}
+
+
+@bp.get("")
+def index():
+    page = parse(Page, request.args.to_dict(), "query")
+    with session_scope() as session:
+        rows, cursor = datasets.list_datasets(session, current_tenant(), page.limit, page.cursor)
+        return jsonify(items=[dataset_json(d) for d in rows], next_cursor=cursor)
+
+
+@bp.get("/<dataset_id>")
+def show(dataset_id: str):
+    with session_scope() as session:
+        return jsonify(dataset_json(datasets.get_dataset(session, current_tenant(), dataset_id)))
+
+
+@bp.delete("/<dataset_id>")
+def destroy(dataset_id: str):
+    with session_scope() as session:
+        datasets.delete_dataset(session, current_tenant(), dataset_id)
+    return "", 204

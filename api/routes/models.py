@@ -1,0 +1,52 @@
+"""/v1/models and /v1/architectures"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from api.auth import current_tenant
+from api.schemas import ModelUpload, Page, json_field, parse
+from api.serializers import model_json
+from api.services import models
+from api.uploads import uploaded_file
+from db.session import session_scope
+from worker.architecture_catalog import describe
+
+bp = Blueprint("models", __name__, url_prefix="/v1")
+
+
+@bp.post("/models")
+def create():
+    form = request.form.to_dict()
+    form["input"] = json_field(form.get("input"), "input")
+    form["architecture_options"] = json_field(form.get("architecture_options"), "architecture_options", {})
+    upload = parse(ModelUpload, form, "form")
+    with uploaded_file() as (path, _):
+        model = models.upload_model(current_tenant(), upload, path)
+    return jsonify(model_json(model)), 201, {"Location": f"/v1/models/{model.id}"}
+
+
+@bp.get("/models")
+def index():
+    page = parse(Page, request.args.to_dict(), "query")
+    with session_scope() as session:
+        rows, cursor = models.list_models(session, current_tenant(), page.limit, page.cursor)
+        return jsonify(items=[model_json(m) for m in rows], next_cursor=cursor)
+
+
+@bp.get("/models/<model_id>")
+def show(model_id: str):
+    with session_scope() as session:
+        return jsonify(model_json(models.get_model(session, current_tenant(), model_id)))
+
+
+@bp.delete("/models/<model_id>")
+def destroy(model_id: str):
+    with session_scope() as session:
+        models.delete_model(session, current_tenant(), model_id)
+    return "", 204
+
+
+@bp.get("/architectures")
+def architectures():
+    return jsonify(items=describe())

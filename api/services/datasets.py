@@ -1,0 +1,98 @@
+"""Dataset commands: ingest an upload, list, fetch, delete, and seed the built-ins."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from api.errors import NotFound, Unprocessable
+from api.ingest import DatasetError, ParsedDataset, digits, parse_npz, to_npy_bytes
+from api.pagination import paginate
+from db.blobs import put_blob
+from db.models import Dataset, utcnow
+
+BUILTINS = {"digits": digits}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _store(session: Session, parsed: ParsedDataset, *, tenant_id: str | None, name: str,
+           sha256: str, builtin: bool = False) -> Dataset:
+    images = parsed.images
+    dataset = Dataset(
+        tenant_id=tenant_id,
+        name=name,
+        builtin=builtin,
+        task=parsed.task,
+        sha256=sha256,
+        images_blob=put_blob(session, to_npy_bytes(images)),
+        targets_blob=put_blob(session, to_npy_bytes(parsed.targets)),
+        num_samples=images.shape[0],
+        channels=images.shape[3],
+        height=images.shape[1],
+        width=images.shape[2],
+        num_classes=parsed.num_classes,
+        max_label=parsed.max_label,
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def create_dataset(session: Session, tenant_id: str, name: str, path: Path, filename: str) -> Dataset:
+    """Parse and store an uploaded dataset file."""
+    try:
+        parsed = parse_npz(path)
+    except DatasetError as exc:
+        raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
+    return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=_file_sha256(path))
+
+
+def ensure_builtin_datasets(session: Session) -> None:
+    """Store the built-in datasets once (the one-shot migration step calls this)."""
+    for name, load in BUILTINS.items():
+        exists = session.execute(
+            select(Dataset.id).where(Dataset.builtin.is_(True), Dataset.name == name)
+        ).first()
+        if exists is None:
+            parsed = load()
+            sha256 = hashlib.sha256(to_npy_bytes(parsed.images) + to_npy_bytes(parsed.targets)).hexdigest()
+            _store(session, parsed, tenant_id=None, name=name, sha256=sha256, builtin=True)
+
+
+def _visible(tenant_id: str):
+    return (
+        or_(Dataset.tenant_id == tenant_id, Dataset.builtin.is_(True)),
+        Dataset.deleted_at.is_(None),
+    )
+
+
+def get_dataset(session: Session, tenant_id: str, ref: str) -> Dataset:
+    """A dataset the tenant can see, by id (or a built-in by name); 404 otherwise."""
+    dataset = session.execute(
+        select(Dataset).where(*_visible(tenant_id), or_(Dataset.id == ref,
+                                                         (Dataset.builtin.is_(True)) & (Dataset.name == ref)))
+    ).scalars().first()
+    if dataset is None:
+        raise NotFound(f"no dataset with id '{ref}'")
+    return dataset
+
+
+def list_datasets(session: Session, tenant_id: str, limit: int, cursor: str | None):
+    return paginate(session, select(Dataset).where(*_visible(tenant_id)), Dataset, limit, cursor)
+
+
+def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> None:
+    dataset = get_dataset(session, tenant_id, dataset_id)
+    if dataset.builtin:
+        raise Unprocessable("built-in datasets cannot be deleted")
+    dataset.deleted_at = utcnow()

@@ -1,0 +1,211 @@
+"""Evaluation commands: check a sweep request against its model and dataset, persist, enqueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, NotFound, Unprocessable
+from api.pagination import paginate
+from api.schemas import EvaluationCreate, EvaluationFilter
+from api.services.datasets import get_dataset
+from api.services.models import get_model
+from db import jobs
+from db.models import ClassResult, Dataset, Evaluation, ExampleResult, Model, ShiftResult
+from db.session import session_scope
+from worker.engine.grid import Grid, GridError, build_grid, check_grid_fits
+from worker.queue import enqueue_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
+    """Every business rule between the request, the model and the dataset (422s)."""
+    if model.status == "validating":
+        raise Conflict(f"model '{model.id}' is still being validated; poll GET /v1/models/{model.id} "
+                       "until its status is 'ready', then submit again")
+    if model.status == "invalid":
+        raise Unprocessable(f"model '{model.id}' is invalid and cannot be evaluated: {model.error}")
+    if body.layers is not None:
+        raise Unprocessable("layer profiles ('layers') are not available yet")
+    if body.webhook_url is not None:
+        raise Unprocessable("webhooks ('webhook_url') are not available yet; poll the evaluation instead")
+    if model.task != "classification" or dataset.task != "classification":
+        raise Unprocessable("only classification sweeps are available yet")
+    spec = model.input_spec
+    if dataset.channels != spec["channels"]:
+        raise Unprocessable(
+            f"the dataset's images have {dataset.channels} channel(s) but the model declares "
+            f"{spec['channels']}"
+        )
+    try:
+        grid = build_grid(body.shifts.model_dump())
+        check_grid_fits(grid, body.padding, (dataset.height, dataset.width), (spec["height"], spec["width"]))
+    except GridError as exc:
+        raise Unprocessable(str(exc), errors=[{"field": "shifts", "message": str(exc)}]) from None
+    if model.num_outputs is not None and dataset.max_label >= model.num_outputs:
+        raise Unprocessable(
+            f"the dataset has labels up to {dataset.max_label} but the model returns only "
+            f"{model.num_outputs} logits"
+        )
+    return grid
+
+
+def _images_per_sample(grid: Grid) -> int:
+    return grid.size + (0 if (0.0, 0.0) in grid.shifts else 1)
+
+
+def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
+    request = body.model_dump(exclude={"layers", "webhook_url"})
+    request["dataset_id"] = dataset.id
+    request["shifts"] = body.shifts.model_dump()
+    return request
+
+
+def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: str | None) -> tuple[Evaluation, bool]:
+    """Persist a queued evaluation, then enqueue it; a repeated Idempotency-Key returns the first."""
+    request_sha = _digest(body.model_dump(mode="json"))
+    with session_scope() as session:
+        if idempotency_key:
+            existing = _by_idempotency_key(session, tenant_id, idempotency_key, request_sha)
+            if existing is not None:
+                return existing, False
+        model = get_model(session, tenant_id, body.model_id)
+        dataset = get_dataset(session, tenant_id, body.dataset_id)
+        grid = _check_fit(body, model, dataset)
+        num_samples = min(body.max_samples or dataset.num_samples, dataset.num_samples)
+        request = _stored_request(body, dataset)
+        evaluation = Evaluation(
+            tenant_id=tenant_id,
+            model_id=model.id,
+            dataset_id=dataset.id,
+            request=request,
+            sweep_key=_digest({
+                "dataset_id": dataset.id, "grid": grid.to_json(), "padding": body.padding,
+                "fill": body.fill, "max_samples": body.max_samples, "seed": body.seed,
+            }),
+            tags=body.tags,
+            idempotency_key=idempotency_key,
+            request_sha256=request_sha,
+            status="queued",
+            progress_total=num_samples * _images_per_sample(grid),
+        )
+        session.add(evaluation)
+        try:
+            session.flush()
+        except IntegrityError:
+            # Another request with the same Idempotency-Key won the race.
+            session.rollback()
+            existing = _by_idempotency_key(session, tenant_id, idempotency_key or "", request_sha)
+            if existing is None:
+                raise
+            return existing, False
+    try:
+        enqueue_evaluation(evaluation.id)
+    except Exception:  # noqa: BLE001 — the row is committed; a later re-enqueue picks it up
+        log.exception("could not enqueue evaluation %s; it stays queued", evaluation.id)
+    return evaluation, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str, request_sha: str) -> Evaluation | None:
+    existing = session.execute(
+        select(Evaluation).where(Evaluation.tenant_id == tenant_id, Evaluation.idempotency_key == key)
+    ).scalar_one_or_none()
+    if existing is not None and existing.request_sha256 != request_sha:
+        raise Unprocessable("this Idempotency-Key was already used with a different request body")
+    return existing
+
+
+def get_evaluation(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:
+    evaluation = session.execute(
+        select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.tenant_id == tenant_id)
+    ).scalar_one_or_none()
+    if evaluation is None:
+        raise NotFound(f"no evaluation with id '{evaluation_id}'")
+    return evaluation
+
+
+def list_evaluations(session: Session, tenant_id: str, query: EvaluationFilter):
+    stmt = select(Evaluation).where(Evaluation.tenant_id == tenant_id)
+    if query.status:
+        stmt = stmt.where(Evaluation.status == query.status)
+    if query.model_id:
+        stmt = stmt.where(Evaluation.model_id == query.model_id)
+    if query.dataset_id:
+        stmt = stmt.where(Evaluation.dataset_id == query.dataset_id)
+    rows, cursor = paginate(session, stmt, Evaluation, query.limit if not query.tag else 10_000, query.cursor)
+    if query.tag:
+        # Tags live in a JSON list; filter in Python to stay portable across SQLite and PostgreSQL.
+        rows = [row for row in rows if query.tag in (row.tags or [])][: query.limit]
+        cursor = None
+    return rows, cursor
+
+
+def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:
+    evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    if evaluation.status != "succeeded":
+        raise Conflict(f"evaluation '{evaluation_id}' is {evaluation.status}; results exist once it "
+                       "has succeeded")
+    return evaluation
+
+
+def shift_results(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
+    """Per-shift rows in grid order."""
+    _succeeded(session, tenant_id, evaluation_id)
+    rows = session.execute(
+        select(ShiftResult).where(ShiftResult.evaluation_id == evaluation_id).order_by(ShiftResult.position)
+    ).scalars()
+    return [
+        {"dx": _plain(r.dx), "dy": _plain(r.dy), "accuracy": r.correct / r.n,
+         "agreement": r.agreed / r.n, "correct": r.correct, "n": r.n}
+        for r in rows
+    ]
+
+
+def class_results(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
+    _succeeded(session, tenant_id, evaluation_id)
+    rows = session.execute(
+        select(ClassResult).where(ClassResult.evaluation_id == evaluation_id).order_by(ClassResult.label)
+    ).scalars()
+    return [
+        {"label": r.label, "n": r.n, "clean_accuracy": r.clean_accuracy,
+         "mean_accuracy": r.mean_accuracy, "worst_case_accuracy": r.worst_case_accuracy}
+        for r in rows
+    ]
+
+
+def example_results(session: Session, tenant_id: str, evaluation_id: str, limit: int) -> list[dict[str, Any]]:
+    _succeeded(session, tenant_id, evaluation_id)
+    rows = session.execute(
+        select(ExampleResult).where(ExampleResult.evaluation_id == evaluation_id)
+        .order_by(ExampleResult.rank).limit(limit)
+    ).scalars()
+    return [
+        {"index": r.sample_index, "label": r.label, "clean_prediction": r.clean_prediction,
+         "worst_prediction": r.worst_prediction, "worst_shift": [_plain(r.worst_dx), _plain(r.worst_dy)],
+         "flips": r.flips}
+        for r in rows
+    ]
+
+
+def cancel_evaluation(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:
+    evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    if evaluation.status in jobs.TERMINAL:
+        raise Conflict(f"evaluation '{evaluation_id}' has already {evaluation.status}"
+                       if evaluation.status != "cancelled" else f"evaluation '{evaluation_id}' is already cancelled")
+    jobs.request_cancel(session, evaluation)
+    return evaluation
+
+
+def _plain(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value

@@ -1,0 +1,30 @@
+"""Readiness: can we reach the database and the broker?"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from db.session import session_scope
+from shiftscore.settings import get_settings
+from worker.broker import redis_client_url
+
+
+def readiness() -> dict[str, str]:
+    """'ok' or the error, per dependency."""
+    checks: dict[str, str] = {}
+    try:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 — reported, not raised
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(redis_client_url(get_settings().broker_url), socket_timeout=2)
+        client.ping()
+        client.close()
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    return checks
