@@ -1,0 +1,84 @@
+"""The `shiftscore` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from shiftscore.settings import SettingsError, get_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shiftscore", description="Translation-robustness sweeps as a service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="API and a worker on the embedded default (SQLite, embedded Redis)")
+    up.add_argument("--port", type=int, help="port (default 8000 or SHIFTSCORE_PORT)")
+
+    api = commands.add_parser("api", help="serve the REST API with gunicorn")
+    api.add_argument("--port", type=int, help="port (default 8000 or SHIFTSCORE_PORT)")
+    api.add_argument("--host", help="address to bind (default 127.0.0.1 or SHIFTSCORE_HOST)")
+    api.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    api.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+
+    worker = commands.add_parser("worker", help="run a Celery worker that executes sweeps")
+    worker.add_argument("--concurrency", type=int, help="worker processes (default SHIFTSCORE_WORKER_CONCURRENCY)")
+    worker.add_argument("--loglevel", default="INFO")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply migrations and store the built-in datasets")
+
+    token = commands.add_parser("token", help="API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="print a new token for TENANT")
+    create.add_argument("tenant")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    for name in ("port", "host"):
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[f"SHIFTSCORE_{name.upper()}"] = str(value)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"shiftscore: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "up":
+        from shiftscore.up import run_up
+
+        return run_up(settings)
+    if args.command == "api":
+        from shiftscore.server import run_api
+
+        run_api(settings, args.workers, args.threads)
+        return 0
+    if args.command == "worker":
+        from shiftscore.server import run_worker
+
+        run_worker(settings, args.concurrency, args.loglevel)
+        return 0
+    if args.command == "db":
+        from shiftscore.server import migrate
+
+        migrate(settings)
+        print("database is up to date", file=sys.stderr)
+        return 0
+    if args.command == "token":
+        from db.session import session_scope
+        from db.tenants import create_token
+
+        with session_scope() as session:
+            print(create_token(session, args.tenant))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

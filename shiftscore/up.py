@@ -1,0 +1,78 @@
+"""`shiftscore up`: the whole service on one machine, on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from shiftscore.settings import Settings, reset_settings
+
+
+def _wait_healthy(url: str, processes: list[subprocess.Popen], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise SystemExit(f"a ShiftScore process exited early (code {process.returncode})")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the API did not answer on {url} within {timeout:.0f} s")
+
+
+def run_up(settings: Settings) -> int:
+    """Migrate, start the broker, the API and a worker; print the URL and a token; wait."""
+    from db.session import session_scope
+    from db.tenants import create_token
+    from shiftscore.server import migrate
+    from worker.broker import celery_broker_url
+
+    env = dict(os.environ)
+    env["SHIFTSCORE_HOME"] = str(settings.home)
+    env["SHIFTSCORE_DATABASE_URL"] = settings.database_url
+    env["SHIFTSCORE_STORAGE_DIR"] = str(settings.storage_dir)
+    env["SHIFTSCORE_PORT"] = str(settings.port)
+    # The embedded Redis lives as long as this process; the children reach it by its socket.
+    env["SHIFTSCORE_BROKER_URL"] = celery_broker_url(settings.broker_url)
+    os.environ.update(env)
+    reset_settings()
+    migrate(settings)
+    with session_scope() as session:
+        token = create_token(session, "local")
+
+    command = [sys.executable, "-m", "shiftscore.cli"]
+    processes = [
+        subprocess.Popen(command + ["api"], env=env),
+        subprocess.Popen(command + ["worker"], env=env),
+    ]
+
+    def stop(*_: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    url = f"http://{settings.host}:{settings.port}"
+    _wait_healthy(url, processes)
+    print(f"ShiftScore is running at {url}", flush=True)
+    print(f"token: {token}", flush=True)
+    print(f"try: curl -H 'Authorization: Bearer {token}' {url}/v1/datasets", flush=True)
+    print("stop with Ctrl-C", flush=True)
+    while all(process.poll() is None for process in processes):
+        time.sleep(0.5)
+    stop()
+    return 1
