@@ -20,4 +20,5 @@ def alembic_config(url: str | None = None) -> Config:
 
 def upgrade(url: str | None = None) -> None:
     """Bring the database at `url` (default: the settings') to the newest schema."""
-    command.upgrade(alembic_config(url), "head")
+    # "heads": features add their migrations on branches from the base schema; apply them all.
+    command.upgrade(alembic_config(url), "heads")

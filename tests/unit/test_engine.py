@@ -7,79 +7,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from worker.engine.grid import GridError, build_grid, check_grid_fits
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.shifting import make_canvas
 from worker.engine.sweep import SweepError, SweepPlan, run_sweep, sample_indices
+from tests.reference import reference_shift, reference_subpixel, reference_sweep
 from worker.engine.tally import Tally
 
 MODES = ["zeros", "circular", "reflect", "edge"]
-
-
-# ---------- the independent reference: one image, one shift, index arithmetic ----------
-
-def _source(index: int, size: int, mode: str) -> int | None:
-    """Where out-of-range pixel `index` reads from along one axis, or None for the fill."""
-    if 0 <= index < size:
-        return index
-    if mode == "zeros":
-        return None
-    if mode == "circular":
-        return index % size
-    if mode == "edge":
-        return min(max(index, 0), size - 1)
-    period = 2 * (size - 1)  # reflect without repeating the edge pixel
-    index = abs(index) % period if period else 0
-    return index if index < size else period - index
-
-
-def reference_shift(image: np.ndarray, dx: int, dy: int, mode: str, fill: float) -> np.ndarray:
-    """out[c, y, x] = in[c, y − dy, x − dx], else the padding mode's value (C×H×W float)."""
-    channels, height, width = image.shape
-    out = np.empty_like(image)
-    for y in range(height):
-        for x in range(width):
-            sy, sx = _source(y - dy, height, mode), _source(x - dx, width, mode)
-            out[:, y, x] = fill if sy is None or sx is None else image[:, sy, sx]
-    return out
-
-
-def reference_subpixel(image: np.ndarray, dx: float, dy: float, mode: str, fill: float) -> np.ndarray:
-    scipy_mode = {"zeros": "grid-constant", "circular": "grid-wrap", "reflect": "mirror", "edge": "nearest"}[mode]
-    return np.stack([
-        ndimage.shift(channel, (dy, dx), order=1, mode=scipy_mode, cval=fill) for channel in image
-    ])
-
-
-def reference_metrics(P: np.ndarray, clean: np.ndarray, y: np.ndarray, shifts, step):
-    """SPEC §2 straight from its formulas, with Python loops."""
-    n, s = P.shape
-    acc = [sum(P[i, j] == y[i] for i in range(n)) / n for j in range(s)]
-    agree = [sum(P[i, j] == clean[i] for i in range(n)) / n for j in range(s)]
-    worst = sum(all(P[i, j] == y[i] for j in range(s)) and clean[i] == y[i] for i in range(n)) / n
-    consistency = sum(
-        sum((list(P[i]).count(c) / s) ** 2 for c in set(P[i])) for i in range(n)
-    ) / n
-    flips = total = 0
-    if step is not None:
-        index = {tuple(sh): j for j, sh in enumerate(shifts)}
-        for j, (dx, dy) in enumerate(shifts):
-            for nb in ((dx + step, dy), (dx, dy + step)):
-                if nb in index:
-                    k = index[nb]
-                    flips += sum(P[i, j] != P[i, k] for i in range(n))
-                    total += n
-    return {
-        "accuracy": acc,
-        "agreement": agree,
-        "clean_accuracy": float(np.mean(clean == y)),
-        "mean_accuracy": float(np.mean(acc)),
-        "worst_case_accuracy": worst,
-        "consistency": consistency,
-        "flip_rate": flips / total if total else None,
-    }
 
 
 def tiny_model(channels: int = 1, classes: int = 5, seed: int = 0) -> torch.nn.Module:
@@ -93,26 +29,6 @@ def tiny_model(channels: int = 1, classes: int = 5, seed: int = 0) -> torch.nn.M
     )
     model(torch.zeros(1, channels, 8, 8))
     return model.eval()
-
-
-def reference_sweep(model, images, labels, grid, mode, fill, mean, std):
-    """Shift each image alone with the reference, normalize, predict; then the formulas."""
-    def predict(x: np.ndarray) -> int:
-        x = (x - np.float32(mean)) / np.float32(std)
-        with torch.no_grad():
-            return int(model(torch.from_numpy(x[None].astype(np.float32))).argmax(1))
-
-    floats = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
-    P = np.zeros((len(images), grid.size), dtype=np.int64)
-    for i, image in enumerate(floats):
-        for j, (dx, dy) in enumerate(grid.shifts):
-            if float(dx).is_integer() and float(dy).is_integer():
-                shifted = reference_shift(image, int(dx), int(dy), mode, np.float32(fill))
-            else:
-                shifted = reference_subpixel(image, dx, dy, mode, fill).astype(np.float32)
-            P[i, j] = predict(shifted)
-    clean = np.array([predict(image) for image in floats])
-    return P, clean, reference_metrics(P, clean, labels, list(grid.shifts), grid.step)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,188 @@
+"""Run the real ShiftScore processes for tests: API (gunicorn) and Celery workers as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("SHIFTSCORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_HOST = os.environ.get("SHIFTSCORE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def create_pg_database() -> str:
+    """A new, empty PostgreSQL database; returns its SQLAlchemy URL."""
+    name = f"shiftscore_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def claim_redis_db() -> str:
+    """A Redis database number that is empty right now, marked as ours; returns its URL."""
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_HOST}/{number}")
+        # SET NX on a marker key: two test runs never take the same database.
+        if client.dbsize() == 0 and client.set("shiftscore:test-owner", os.getpid(), nx=True):
+            return f"{REDIS_HOST}/{number}"
+    raise RuntimeError("no empty Redis database (1-15) is free for the tests")
+
+
+def release_redis_db(url: str) -> None:
+    redis.Redis.from_url(url).flushdb()
+
+
+@dataclass
+class Stack:
+    """A running API and workers sharing one database and broker."""
+
+    env: dict[str, str]
+    port: int
+    log_dir: Path
+    api: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "shiftscore.cli", *args], env=self.env, cwd=ROOT,
+            capture_output=True, text=True, check=check, timeout=300,
+        )
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}-{time.monotonic_ns()}.log").open("w")
+        return subprocess.Popen(
+            [sys.executable, "-m", "shiftscore.cli", *args], env=self.env, cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def migrate(self) -> None:
+        self.cli("db", "upgrade")
+
+    def start_api(self) -> None:
+        self.api = self._spawn("api", "api", "--port", str(self.port), "--workers", "2")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise RuntimeError(f"the API exited with {self.api.returncode}; logs in {self.log_dir}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("the API did not come up within 60 s")
+
+    def start_worker(self, concurrency: int = 1) -> subprocess.Popen:
+        worker = self._spawn("worker", "worker", "--concurrency", str(concurrency))
+        self.workers.append(worker)
+        return worker
+
+    def stop_api(self) -> None:
+        if self.api is not None:
+            _stop(self.api)
+            self.api = None
+
+    def kill_worker(self, worker: subprocess.Popen) -> None:
+        """SIGKILL a worker and all its pool children, as a crash would."""
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        self.workers.remove(worker)
+
+    def stop(self) -> None:
+        for worker in list(self.workers):
+            _stop(worker)
+        self.workers.clear()
+        self.stop_api()
+
+    def token(self, tenant: str) -> str:
+        return self.cli("token", "create", tenant).stdout.strip()
+
+    def session(self, tenant: str) -> "ApiSession":
+        return ApiSession(self.url, self.token(tenant))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+class ApiSession(requests.Session):
+    """requests against the stack's base URL with a tenant's bearer token."""
+
+    def __init__(self, base: str, token: str) -> None:
+        super().__init__()
+        self.base = base
+        self.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return super().request(method, self.base + url, *args, **kwargs)
+
+    def upload_model(self, path: Path, input_spec: dict, fmt: str = "torchscript", **fields: str) -> dict:
+        import json
+
+        with path.open("rb") as handle:
+            response = self.post("/v1/models", files={"file": handle}, data={
+                "name": fields.pop("name", path.stem), "format": fmt, "input": json.dumps(input_spec), **fields,
+            })
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def upload_dataset(self, path: Path, name: str = "data") -> dict:
+        with path.open("rb") as handle:
+            response = self.post("/v1/datasets", files={"file": handle}, data={"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def wait_model(self, model_id: str, timeout: float = 60) -> dict:
+        return self._wait(f"/v1/models/{model_id}", lambda m: m["status"] != "validating", timeout)
+
+    def wait_evaluation(self, evaluation_id: str, timeout: float = 120, seen: list | None = None) -> dict:
+        terminal = {"succeeded", "failed", "cancelled"}
+        return self._wait(f"/v1/evaluations/{evaluation_id}", lambda e: e["status"] in terminal, timeout, seen)
+
+    def _wait(self, path: str, done, timeout: float, seen: list | None = None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(path).json()
+            if seen is not None:
+                seen.append(body)
+            if done(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} still {body.get('status')} after {timeout} s: {body}")
+            time.sleep(0.1)
