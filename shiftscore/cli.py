@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="worker processes (default SHIFTSCORE_WORKER_CONCURRENCY)")
     worker.add_argument("--loglevel", default="INFO")
 
+    scheduler = commands.add_parser("scheduler", help="send periodic tasks (Celery beat); run exactly one")
+    scheduler.add_argument("--loglevel", default="INFO")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply migrations and store the built-in datasets")
@@ -63,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         from shiftscore.server import run_worker
 
         run_worker(settings, args.concurrency, args.loglevel)
+        return 0
+    if args.command == "scheduler":
+        from shiftscore.server import run_scheduler
+
+        run_scheduler(settings, args.loglevel)
         return 0
     if args.command == "db":
         from shiftscore.server import migrate

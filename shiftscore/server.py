@@ -53,3 +53,12 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> No
         "--without-mingle",
         "-Q", "shiftscore",
     ])
+
+
+def run_scheduler(settings: Settings, loglevel: str) -> None:
+    """Celery beat: sends the periodic tasks (exactly one per deployment)."""
+    from worker.tasks import app
+
+    schedule = settings.home / "celerybeat-schedule"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])

@@ -51,6 +51,7 @@ def run_up(settings: Settings) -> int:
     processes = [
         subprocess.Popen(command + ["api"], env=env),
         subprocess.Popen(command + ["worker"], env=env),
+        subprocess.Popen(command + ["scheduler"], env=env),
     ]
 
     def stop(*_: object) -> None:

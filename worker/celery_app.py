@@ -11,6 +11,10 @@ QUEUE = "shiftscore"
 RUN_EVALUATION = "shiftscore.run_evaluation"
 VALIDATE_MODEL = "shiftscore.validate_model"
 
+# Periodic tasks run by `shiftscore scheduler` (Celery beat): task name -> seconds between runs.
+# Each is a thin task in worker/tasks.py that calls domain code.
+PERIODIC: dict[str, float] = {}
+
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for long sweeps: late acks, one task at a time, bounded run time."""
@@ -30,6 +34,7 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        beat_schedule={name: {"task": name, "schedule": seconds} for name, seconds in PERIODIC.items()},
     )
     return app
 
