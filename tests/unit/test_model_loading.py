@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker import architectures
+from worker import architectures, model_archives
 from worker.model_loading import FORMATS, ModelLoadError, OnnxModel, count_parameters, load_model, validate_model
 
 # 16x16: LeNet's second pooling leaves 4x4, which the legacy ONNX exporter needs (a factor of its 4x4 grid).
@@ -156,7 +156,9 @@ class Saver(torch.nn.Module):
         return x.flatten(1)
 
 
-def rewrite_zip(source: Path, target: Path, replace: dict[str, bytes | None], add: dict[str, bytes] | None = None) -> None:
+def rewrite_zip(
+    source: Path, target: Path, replace: dict[str, bytes | None], add: dict[str, bytes] | None = None
+) -> None:
     """Copy a zip, replacing (or, with None, dropping) members by their path below the root folder."""
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as new:
         root = old.namelist()[0].split("/", 1)[0]
@@ -501,3 +503,56 @@ def test_unknown_format_and_missing_file(tmp_path: Path, files: dict[str, Path])
 
 def test_count_parameters_of_unknown_callables_is_none() -> None:
     assert count_parameters(lambda x: x) is None
+
+
+def test_exported_programs_with_dynamic_sizes_and_guards_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = architectures.build("lenet", {"pool": "blur"}, 1).eval()
+    side = {"min": 8, "max": 64}
+    shapes = ({0: torch.export.Dim("b", min=1, max=64), 2: torch.export.Dim("h", **side),
+               3: torch.export.Dim("w", **side)},)
+    program = torch.export.export(model, (torch.zeros(2, 1, 16, 16),), dynamic_shapes=shapes)
+    assert program._guards_code, "the export should carry guard code for this test to mean something"
+    path = tmp_path / "dynamic.pt2"
+    torch.export.save(program, path)
+    loaded = load("exported", path)
+    for size in (8, 16, 28):
+        spec = {**SPEC, "height": size, "width": size}
+        assert validate_model(loaded, spec)["num_outputs"] == 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Symbol('s77', positive=True, integer=True)",
+        "Mul(Integer(4), Add(FloorDiv(Add(Symbol('s16', positive=True, integer=True), Integer(-1)), Integer(2)), "
+        "Integer(3)))",
+        "min((-1) + L['input'].size()[2], (-1) + L['input'].size()[3]) > 1",
+        "16*L['x'].size()[0]*((-1) + (L['x'].size()[2] // 2)) >= 2",
+        "math.floor(torch.sym_float(L['x'].size()[1]) / 2) == 3",
+    ],
+)
+def test_plain_shape_expressions_pass(text: str) -> None:
+    model_archives.check_expression(text, "guard")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').system('true')",
+        "().__class__.__base__",
+        "L['x'].__class__",
+        "math.floor.__globals__",
+        "open('x', 'w')",
+        "Symbol(\"s1\")",
+        "lambda: 1",
+        "10**10**10",
+        "1)\n  open('x', 'w'",
+        "S('x')",
+        "Integer(1) if x else 2",
+        "eval('1')",
+    ],
+)
+def test_code_in_shape_expressions_is_refused(text: str) -> None:
+    with pytest.raises(model_archives.ArchiveError):
+        model_archives.check_expression(text, "guard")
