@@ -1,0 +1,18 @@
+# One image for every ShiftScore process: api, worker, scheduler, migrate.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+# The CPU build of torch: the default index would pull a multi-GB CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY worker ./worker
+COPY db ./db
+COPY shiftscore ./shiftscore
+RUN pip install '.[server,worker]'
+RUN useradd --create-home shiftscore
+USER shiftscore
+ENV SHIFTSCORE_HOME=/home/shiftscore
+EXPOSE 8000
+CMD ["shiftscore", "api", "--host", "0.0.0.0"]
