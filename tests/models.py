@@ -4,51 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-DIGITS_INPUT = {"channels": 1, "height": 8, "width": 8, "mean": [0.5], "std": [0.5]}
+from examples.train_digits_cnn import INPUT, digits_arrays, train  # noqa: F401 — re-exported
 
-
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The built-in `digits` exactly as SPEC §4 stores it (N×8×8 uint8, labels)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return np.round(bunch.images * 255 / 16).astype(np.uint8), bunch.target.astype(np.int64)
-
-
-class DigitsCNN(nn.Module):
-    """Conv, max-pool, conv, global pool, linear: accurate on digits yet not shift-invariant."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Linear(32 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+DIGITS_INPUT = INPUT
 
 
 def trained_digits_cnn(epochs: int = 8, seed: int = 0) -> nn.Module:
-    """DigitsCNN trained for a few seconds on the built-in digits (about 97% clean accuracy)."""
-    torch.manual_seed(seed)
-    images, labels = digits_arrays()
-    x = (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5
-    y = torch.from_numpy(labels)
-    model = DigitsCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
-    return model.eval()
+    """The README's example model: a DigitsCNN trained for a few seconds on the built-in digits."""
+    return train(epochs, seed)
 
 
 def save_torchscript(model: nn.Module, path: Path) -> Path:
