@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,15 @@ def register_error_handlers(app: Flask) -> None:
     def _http(error: HTTPException) -> Response:
         detail = error.description or error.name
         if error.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
+            # Imported here: api.uploads imports this module.
+            from api.uploads import discard_unread_body
+
+            limit = app.config["MAX_CONTENT_LENGTH"]
             detail = f"the upload is larger than the limit of {limit} bytes (SHIFTSCORE_MAX_UPLOAD_BYTES)"
+            if request.content_length is not None and request.content_length <= limit:
+                detail = (f"a form field is larger than {app.config.get('MAX_FORM_MEMORY_SIZE')} bytes or the "
+                          "form has too many parts; send large content as the multipart 'file' part")
+            discard_unread_body(limit)
         response = problem_response(error.code or 500, error.name, detail)
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 
 MAX_PIXELS = 2_000_000_000  # N·H·W·C bytes once decoded
 MAX_CLASSES = 100_000
+_CENTRAL_ENTRY = b"PK\x01\x02"  # every zip central-directory entry starts with it
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 class DatasetError(ValueError):
@@ -18,10 +21,25 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what an upload may make the API read, inflate and decode."""
+
+    max_entries: int = 100_000  # members of one archive, folders included
+    max_inflated_bytes: int = 2 * 1024**3  # bytes read out of one archive in all
+    max_member_bytes: int = 64 * 1024**2  # one image file inside an archive
+    max_decoded_bytes: int = MAX_PIXELS  # N·H·W·C of the images
+    max_side: int = 4096  # image height and width, as for a model's declared input
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class ParsedDataset:
     images: np.ndarray  # N×H×W×C uint8
     targets: np.ndarray  # N labels, or N×H×W masks for segmentation
     task: str
+    classes: tuple[str, ...] | None = None  # an image folder's class names, label order
 
     @property
     def num_classes(self) -> int:
@@ -39,45 +57,127 @@ def to_npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check_npz_members(path: Path) -> None:
-    # np.load inflates a member whole: bound the inflated sizes before it does.
+def parse_dataset(path: Path, limits: Limits = LIMITS) -> ParsedDataset:
+    """Read an NPZ, a .zip or .tar(.gz) image folder, told apart by content, not by name."""
+    # Imported here: the image-folder reader builds on this module (and loads Pillow).
+    from api import ingest_archives
+
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        with open_zip(path, limits) as archive:
+            files = [info.filename for info in archive.infolist() if not info.is_dir()]
+            if files and all(name.endswith(".npy") for name in files):
+                return npz_arrays(archive, limits)
+            return ingest_archives.zip_image_folder(archive, limits)
+    if head.startswith(b"\x1f\x8b"):
+        return ingest_archives.tar_image_folder(path, limits, gzipped=True)
+    if head[257:262] == b"ustar":
+        return ingest_archives.tar_image_folder(path, limits, gzipped=False)
+    if head.startswith(_NPY_MAGIC):
+        raise DatasetError("this is a single .npy array; save an NPZ with "
+                           "numpy.savez(path, images=images, labels=labels)")
+    raise DatasetError("the file is neither an NPZ nor a .zip / .tar.gz image folder "
+                       "(one sub-folder of PNG or JPEG images per class)")
+
+
+def _central_entries(path: Path) -> int:
+    """An upper bound on the entries of a zip, found without parsing its directory."""
+    count, tail = 0, b""
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            window = tail + block
+            count += window.count(_CENTRAL_ENTRY)
+            # Carry 3 bytes over: a signature split across blocks is then seen once.
+            tail = window[-3:]
+    return count
+
+
+def open_zip(path: Path, limits: Limits = LIMITS) -> zipfile.ZipFile:
+    """A zip whose entry count and declared inflated size are within the limits."""
+    # zipfile builds an object per entry as it opens: count them before it does.
+    if _central_entries(path) > limits.max_entries:
+        raise DatasetError(f"the archive has more than {limits.max_entries} entries")
     try:
-        with zipfile.ZipFile(path) as archive:
-            total = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile as exc:
-        raise DatasetError(f"the file is not a valid NPZ (zip) archive: {exc}") from None
-    if total > MAX_PIXELS + 100_000_000:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise DatasetError(f"the file is not a valid zip archive (truncated or damaged?): {exc}") from None
+    infos = archive.infolist()
+    # zipfile never inflates a member past its declared size (it stops and fails
+    # the CRC), so the declared sizes bound what reading can produce.
+    total = sum(info.file_size for info in infos)
+    if len(infos) > limits.max_entries or total > limits.max_inflated_bytes:
+        archive.close()
         raise DatasetError(
-            f"the NPZ inflates to {total} bytes, more than the {MAX_PIXELS} bytes allowed"
+            f"the archive inflates to {total} bytes in {len(infos)} entries; the limits are "
+            f"{limits.max_inflated_bytes} bytes and {limits.max_entries} entries"
         )
+    return archive
 
 
-def parse_npz(path: Path) -> ParsedDataset:
+def parse_npz(path: Path, limits: Limits = LIMITS) -> ParsedDataset:
     """Read an NPZ with `images` and `labels` (or `masks`), never unpickling anything."""
-    _check_npz_members(path)
+    with open_zip(path, limits) as archive:
+        return npz_arrays(archive, limits)
+
+
+def npz_arrays(archive: zipfile.ZipFile, limits: Limits = LIMITS) -> ParsedDataset:
+    """The arrays of an open NPZ, each header checked before a byte of data is read."""
+    members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+    if "images" not in members:
+        keys = ", ".join(sorted(members)) or "nothing"
+        raise DatasetError(f"the NPZ has no 'images' array (it has: {keys})")
+    if "labels" in members:
+        task, key = "classification", "labels"
+    elif "masks" in members:
+        task, key = "segmentation", "masks"
+    else:
+        raise DatasetError("the NPZ needs a 'labels' array (or 'masks' for segmentation)")
+    images = _read_npy(archive, members["images"], "images", limits)
+    targets = _read_npy(archive, members[key], key, limits)
+    return check_arrays(images, targets, task, limits)
+
+
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limits: Limits) -> np.ndarray:
+    """One .npy member: its header decides dtype and size before anything is allocated."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            if "images" not in keys:
-                raise DatasetError(f"the NPZ has no 'images' array (it has: {', '.join(sorted(keys)) or 'nothing'})")
-            if "labels" not in keys and "masks" not in keys:
-                raise DatasetError("the NPZ needs a 'labels' array (or 'masks' for segmentation)")
-            images = npz["images"]
-            task = "classification" if "labels" in keys else "segmentation"
-            targets = npz["labels"] if task == "classification" else npz["masks"]
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise DatasetError(f"'{key}' uses .npy format {version}; save plain numeric arrays")
+            _check_dtype(key, dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > limits.max_decoded_bytes:
+                raise DatasetError(f"'{key}' of shape {shape} would take {nbytes} bytes; "
+                                   f"the limit is {limits.max_decoded_bytes}")
+            if member.tell() + nbytes != info.file_size:
+                raise DatasetError(f"'{key}' is damaged: its header declares shape {shape} ({nbytes} bytes) "
+                                   f"but the member holds {info.file_size - member.tell()} bytes")
+            data = member.read(nbytes)
     except DatasetError:
         raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DatasetError("the NPZ holds object arrays (pickles), which are never loaded; "
-                               "save plain numeric arrays") from None
-        raise DatasetError(f"the NPZ could not be read: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 — a corrupt upload is the client's problem
-        raise DatasetError(f"the NPZ could not be read: {type(exc).__name__}: {exc}") from None
-    return check_arrays(images, targets, task)
+    except Exception as exc:  # noqa: BLE001 — a damaged member is the client's problem
+        raise DatasetError(f"'{key}' could not be read from the NPZ: {type(exc).__name__}: {exc}") from None
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def check_arrays(images: np.ndarray, targets: np.ndarray, task: str) -> ParsedDataset:
+def _check_dtype(key: str, dtype: np.dtype) -> None:
+    if dtype.hasobject:
+        raise DatasetError(f"'{key}' is an object array (a pickle), which is never loaded; "
+                           "save plain numeric arrays")
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise DatasetError(f"'{key}' has a structured dtype {dtype}; save plain numeric arrays")
+    if key == "images" and dtype != np.uint8:
+        raise DatasetError(f"'images' must be uint8 (0–255), got {dtype}")
+    if key != "images" and dtype.kind not in "iu":
+        raise DatasetError(f"'{key}' must be integers, got {dtype}")
+
+
+def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Limits = LIMITS) -> ParsedDataset:
     """Check shapes and types, and give images their channel axis."""
     if images.dtype != np.uint8:
         raise DatasetError(f"'images' must be uint8 (0–255), got {images.dtype}")
@@ -87,11 +187,15 @@ def check_arrays(images: np.ndarray, targets: np.ndarray, task: str) -> ParsedDa
         raise DatasetError(
             f"'images' must be N×H×W or N×H×W×C with C in 1, 3, 4; got shape {images.shape}"
         )
-    count = images.shape[0]
+    count, height, width = images.shape[:3]
     if count == 0:
         raise DatasetError("the dataset has no images")
+    if not (1 <= height <= limits.max_side and 1 <= width <= limits.max_side):
+        raise DatasetError(f"images must be 1 to {limits.max_side} pixels high and wide; got {height}×{width}")
+    if images.nbytes > limits.max_decoded_bytes:
+        raise DatasetError(f"the images take {images.nbytes} bytes; the limit is {limits.max_decoded_bytes}")
+    name = "labels" if task == "classification" else "masks"
     if not np.issubdtype(targets.dtype, np.integer):
-        name = "labels" if task == "classification" else "masks"
         raise DatasetError(f"'{name}' must be integers, got {targets.dtype}")
     if task == "classification":
         if targets.ndim != 1 or targets.shape[0] != count:
@@ -101,9 +205,9 @@ def check_arrays(images: np.ndarray, targets: np.ndarray, task: str) -> ParsedDa
         raise DatasetError(f"'masks' must be N×H×W like the images ({images.shape[:3]}), "
                            f"got {targets.shape}")
     if targets.min() < 0:
-        raise DatasetError("labels must be non-negative class indices")
+        raise DatasetError(f"{name} must be non-negative class indices")
     if targets.max() >= MAX_CLASSES:
-        raise DatasetError(f"labels must be below {MAX_CLASSES}")
+        raise DatasetError(f"{name} must be below {MAX_CLASSES}")
     return ParsedDataset(np.ascontiguousarray(images), targets.astype(np.int64), task)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from api.errors import NotFound, Unprocessable
-from api.ingest import DatasetError, ParsedDataset, digits, parse_npz, to_npy_bytes
+from api.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes
 from api.pagination import paginate
 from db.blobs import put_blob
 from db.models import Dataset, utcnow
@@ -48,13 +48,32 @@ def _store(session: Session, parsed: ParsedDataset, *, tenant_id: str | None, na
     return dataset
 
 
+def _stored_copy(session: Session, sha256: str) -> Dataset | None:
+    """A dataset already parsed from a file with these bytes (any tenant's: arrays are content)."""
+    return session.execute(
+        select(Dataset).where(Dataset.sha256 == sha256, Dataset.builtin.is_(False)).limit(1)
+    ).scalars().first()
+
+
 def create_dataset(session: Session, tenant_id: str, name: str, path: Path, filename: str) -> Dataset:
-    """Parse and store an uploaded dataset file."""
+    """Parse and store an uploaded dataset file; the same bytes again reuse the stored arrays."""
+    sha256 = _file_sha256(path)
+    known = _stored_copy(session, sha256)
+    if known is not None:
+        dataset = Dataset(
+            tenant_id=tenant_id, name=name, builtin=False, task=known.task, sha256=sha256,
+            images_blob=known.images_blob, targets_blob=known.targets_blob,
+            num_samples=known.num_samples, channels=known.channels, height=known.height,
+            width=known.width, num_classes=known.num_classes, max_label=known.max_label,
+        )
+        session.add(dataset)
+        session.flush()
+        return dataset
     try:
-        parsed = parse_npz(path)
+        parsed = parse_dataset(path)
     except DatasetError as exc:
         raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
-    return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=_file_sha256(path))
+    return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256)
 
 
 def ensure_builtin_datasets(session: Session) -> None:

@@ -1,0 +1,216 @@
+"""Image-folder datasets: a .zip or .tar(.gz) with one sub-folder of PNG or JPEG images per class.
+
+Nothing is extracted to disk: members are read into memory one at a time, within the
+limits, and decoded with Pillow. Labels are the positions of the class folders' names
+in sorted order (Python string order, as torchvision's ImageFolder), counting only
+folders that hold at least one image. Samples are ordered by class, then by path, so
+the same files give the same arrays whatever order the archive stores them in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from api.ingest import DatasetError, Limits, ParsedDataset, check_arrays
+
+_GRAY_MODES = {"1", "L", "LA", "La"}
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
+_ABSOLUTE = re.compile(r"^([/\\]|[A-Za-z]:)")
+
+
+def _is_junk(parts: tuple[str, ...]) -> bool:
+    # Hidden files and the folders macOS adds to every zip it makes.
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    """The member's path components, refusing any that would leave the archive's folder."""
+    if _ABSOLUTE.match(name):
+        raise DatasetError(f"the archive member '{name}' has an absolute path; "
+                           "archive the class folders with relative paths")
+    parts = tuple(part for part in re.split(r"[/\\]", name) if part not in ("", "."))
+    if ".." in parts:
+        raise DatasetError(f"the archive member '{name}' points outside the archive ('..'); remove it")
+    return parts
+
+
+def _zip_members(archive: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str, bytes]]:
+    infos = sorted(archive.infolist(), key=lambda info: info.filename)
+    # Every name is checked before any member is inflated.
+    for info in infos:
+        _parts(info.filename)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DatasetError(f"the archive member '{info.filename}' is a symbolic link; "
+                               "archives may hold only folders and image files")
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"the archive member '{info.filename}' is encrypted")
+    for info in infos:
+        if info.is_dir() or _is_junk(_parts(info.filename)):
+            continue
+        if info.file_size > limits.max_member_bytes:
+            raise DatasetError(f"'{info.filename}' inflates to {info.file_size} bytes; "
+                               f"one image may take at most {limits.max_member_bytes}")
+        try:
+            data = archive.read(info)
+        except Exception as exc:  # noqa: BLE001 — CRC errors, unknown compression: a damaged upload
+            raise DatasetError(f"'{info.filename}' could not be read from the zip: {exc}") from None
+        yield info.filename, data
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only stream that fails once more than `limit` bytes come out of it."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        super().__init__()
+        self.stream, self.limit, self.seen = stream, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(self.limit + 1 - self.seen if size is None or size < 0 else size)
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise DatasetError(f"the archive inflates to more than {self.limit} bytes")
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _tar_members(stream: IO[bytes], limits: Limits) -> Iterator[tuple[str, bytes]]:
+    # Stream mode ("r|"): members are read in order, never seeking, never extracted.
+    with tarfile.open(fileobj=stream, mode="r|") as archive:
+        for count, member in enumerate(archive, start=1):
+            if count > limits.max_entries:
+                raise DatasetError(f"the archive has more than {limits.max_entries} entries")
+            parts = _parts(member.name)
+            if member.issym():
+                raise DatasetError(f"the archive member '{member.name}' is a symbolic link; "
+                                   "archives may hold only folders and image files")
+            if member.islnk():
+                raise DatasetError(f"the archive member '{member.name}' is a hard link; "
+                                   "archives may hold only folders and image files")
+            if member.isdir() or (member.isreg() and _is_junk(parts)):
+                continue
+            if not member.isreg():
+                raise DatasetError(f"the archive member '{member.name}' is a device, pipe or other "
+                                   "special file; archives may hold only folders and image files")
+            if member.size > limits.max_member_bytes:
+                raise DatasetError(f"'{member.name}' is {member.size} bytes; "
+                                   f"one image may take at most {limits.max_member_bytes}")
+            handle = archive.extractfile(member)
+            yield member.name, handle.read() if handle is not None else b""
+
+
+def zip_image_folder(archive: zipfile.ZipFile, limits: Limits) -> ParsedDataset:
+    """The dataset in an open zip of class folders."""
+    return _image_folder(_zip_members(archive, limits), limits)
+
+
+def tar_image_folder(path: Path, limits: Limits, *, gzipped: bool) -> ParsedDataset:
+    """The dataset in a .tar.gz (or plain .tar) of class folders."""
+    with path.open("rb") as raw:
+        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        bounded = io.BufferedReader(_Bounded(stream, limits.max_inflated_bytes), 1 << 16)
+        try:
+            return _image_folder(_tar_members(bounded, limits), limits)
+        except DatasetError:
+            raise
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise DatasetError(f"the tar archive is truncated or damaged: {exc}") from None
+
+
+def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
+    """One PNG or JPEG as H×W (grayscale) or H×W×3 (colour) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+            width, height = image.size
+            if width > limits.max_side or height > limits.max_side:
+                raise DatasetError(f"'{name}' is {width}×{height} pixels; images may be at most "
+                                   f"{limits.max_side} pixels high and wide")
+            if image.mode in _WIDE_MODES:
+                raise DatasetError(f"'{name}' has {image.mode} pixels (more than 8 bits); save 8-bit images")
+            image.load()
+            # Alpha is dropped; palette and CMYK images become RGB.
+            return np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+    except DatasetError:
+        raise
+    except UnidentifiedImageError:
+        raise DatasetError(f"'{name}' is not a PNG or JPEG image; an image folder may hold only "
+                           "PNG and JPEG files") from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"'{name}' is too large to decode: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 — truncated or corrupt image data
+        raise DatasetError(f"'{name}' could not be decoded (truncated or corrupt?): {exc}") from None
+
+
+def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits) -> ParsedDataset:
+    found: list[tuple[tuple[str, ...], np.ndarray]] = []
+    first: tuple[str, tuple[int, int]] | None = None
+    decoded = 0
+    for name, data in members:
+        parts = _parts(name)
+        image = _decode(name, data, limits)
+        size = image.shape[:2]
+        if first is None:
+            first = (name, size)
+        elif size != first[1]:
+            raise DatasetError(
+                f"all images must have one size: '{first[0]}' is {first[1][1]}×{first[1][0]} but "
+                f"'{name}' is {size[1]}×{size[0]} (width×height); resize them before uploading"
+            )
+        decoded += image.shape[0] * image.shape[1] * 3
+        if decoded > limits.max_decoded_bytes:
+            raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes")
+        found.append((parts, image))
+    if not found:
+        raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
+    return _assemble(found, limits)
+
+
+def _class_paths(found: list[tuple[tuple[str, ...], np.ndarray]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(class, path) of each image: `class/file`, or `root/class/file` with one shared root."""
+    depths = {len(parts) for parts, _ in found}
+    roots = {parts[0] for parts, _ in found}
+    if depths == {3} and len(roots) == 1:
+        return [(parts[1], parts) for parts, _ in found]
+    if depths == {2}:
+        return [(parts[0], parts) for parts, _ in found]
+    odd = next("/".join(parts) for parts, _ in found if len(parts) != 2)
+    raise DatasetError(f"put the images in one sub-folder per class (cat/1.png, dog/2.png, …); "
+                       f"'{odd}' is not in such a folder")
+
+
+def _assemble(found: list[tuple[tuple[str, ...], np.ndarray]], limits: Limits) -> ParsedDataset:
+    keyed = _class_paths(found)
+    classes = tuple(sorted({cls for cls, _ in keyed}))
+    order = sorted(range(len(found)), key=lambda i: keyed[i])
+    colour = any(image.ndim == 3 for _, image in found)
+    images = np.stack([_channels(found[i][1], colour) for i in order])
+    index = {cls: label for label, cls in enumerate(classes)}
+    labels = np.array([index[keyed[i][0]] for i in order], dtype=np.int64)
+    parsed = check_arrays(images, labels, "classification", limits)
+    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes)
+
+
+def _channels(image: np.ndarray, colour: bool) -> np.ndarray:
+    # A folder that mixes grayscale and colour images is stored as colour.
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2) if colour else image[..., None]
+    return image
