@@ -73,9 +73,19 @@ class EvaluationCreate(Strict):
     fill: float = Field(default=0.0, ge=0.0, le=1.0)
     max_samples: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    layers: list[str] | None = None
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    # true: every convolution, pooling and activation stage; a list: those layers (SPEC §3).
+    layers: bool | list[str] | None = None
+    webhook_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s/]+")
     tags: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_names(cls, layers: bool | list[str] | None) -> bool | list[str] | None:
+        if isinstance(layers, list) and not 1 <= len(layers) <= 100:
+            raise ValueError("name 1 to 100 layers, or pass true for every convolution, pooling and activation")
+        if isinstance(layers, list) and any(not name or len(name) > 300 for name in layers):
+            raise ValueError("each layer name must be 1 to 300 characters")
+        return layers
 
     @field_validator("tags")
     @classmethod
@@ -138,8 +148,28 @@ def _field_errors(error: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def nul_fields(data: Any, where: str = "") -> list[str]:
+    """Where `data` holds a NUL character, which PostgreSQL text cannot store."""
+    if isinstance(data, str):
+        return [where or "(body)"] if "\x00" in data else []
+    if isinstance(data, dict):
+        return [f for key, value in data.items() for f in nul_fields(value, f"{where}.{key}".lstrip("."))]
+    if isinstance(data, (list, tuple)):
+        return [f for i, value in enumerate(data) for f in nul_fields(value, f"{where}.{i}".lstrip("."))]
+    return []
+
+
+def reject_nul(data: Any, what: str = "request") -> None:
+    """Raise a 400 problem if any string in `data` holds a NUL character."""
+    fields = nul_fields(data)
+    if fields:
+        raise BadRequest(f"the {what} is not valid: {', '.join(fields[:5])} must not contain NUL (\\u0000) characters",
+                         errors=[{"field": f, "message": "contains a NUL character"} for f in fields])
+
+
 def parse(schema: type[T], data: Any, what: str = "request") -> T:
     """Validate `data` against `schema`, or raise a 400 problem listing each bad field."""
+    reject_nul(data, what)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from shiftscore.eval_command import add_eval_parser, run_eval
 from shiftscore.settings import SettingsError, get_settings
 
 
@@ -26,8 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="worker processes (default SHIFTSCORE_WORKER_CONCURRENCY)")
     worker.add_argument("--loglevel", default="INFO")
 
-    scheduler = commands.add_parser("scheduler", help="send periodic tasks (Celery beat); run exactly one")
-    scheduler.add_argument("--loglevel", default="INFO")
+    commands.add_parser("scheduler", help="run the periodic tasks (reconciler, webhooks); run exactly one")
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -37,11 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="print a new token for TENANT")
     create.add_argument("tenant")
+
+    add_eval_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "eval":
+        # The client side: it needs no server settings.
+        return run_eval(args)
 
     for name in ("port", "host"):
         value = getattr(args, name, None)
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "scheduler":
         from shiftscore.server import run_scheduler
 
-        run_scheduler(settings, args.loglevel)
+        run_scheduler(settings)
         return 0
     if args.command == "db":
         from shiftscore.server import migrate

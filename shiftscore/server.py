@@ -55,10 +55,20 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> No
     ])
 
 
-def run_scheduler(settings: Settings, loglevel: str) -> None:
-    """Celery beat: sends the periodic tasks (exactly one per deployment)."""
+def run_scheduler(settings: Settings) -> None:
+    """Run the periodic tasks (reconciler, webhooks) until SIGTERM or SIGINT; run exactly one."""
+    import logging
+    import signal
+    import threading
+
+    from worker.celery_app import PERIODIC
+    from worker.scheduler import run_periodic
     from worker.tasks import app
 
-    schedule = settings.home / "celerybeat-schedule"
-    settings.home.mkdir(parents=True, exist_ok=True)
-    app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    tasks = {name: (app.tasks[name].run, seconds) for name, seconds in PERIODIC.items()}
+    logging.getLogger("shiftscore.scheduler").info("running %s", ", ".join(tasks) or "no periodic tasks")
+    run_periodic(tasks, stop)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from api import responses
 from api.auth import current_tenant
+from api.openapi import Reply, operation
 from api.schemas import DatasetUpload, Page, parse
 from api.serializers import dataset_json
 from api.services import datasets
@@ -15,6 +17,8 @@ bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
 
 @bp.post("")
+@operation("Upload a dataset (NPZ, or a .zip / .tar.gz image folder)", form=DatasetUpload, files=["file"], responses={
+    201: Reply("the stored dataset", responses.Dataset), 422: "the file is not a usable dataset"})
 def create():
     form = parse(DatasetUpload, request.form.to_dict(), "form")
     with uploaded_file() as (path, filename), session_scope() as session:
@@ -24,6 +28,8 @@ def create():
 
 
 @bp.get("")
+@operation("List datasets, the built-ins included", query=Page,
+           responses={200: Reply("one page of datasets", responses.DatasetPage)})
 def index():
     page = parse(Page, request.args.to_dict(), "query")
     with session_scope() as session:
@@ -32,12 +38,14 @@ def index():
 
 
 @bp.get("/<dataset_id>")
+@operation("Get a dataset", responses={200: Reply("the dataset", responses.Dataset)})
 def show(dataset_id: str):
     with session_scope() as session:
         return jsonify(dataset_json(datasets.get_dataset(session, current_tenant(), dataset_id)))
 
 
 @bp.delete("/<dataset_id>")
+@operation("Delete a dataset", responses={204: "deleted", 422: "built-in datasets cannot be deleted"})
 def destroy(dataset_id: str):
     with session_scope() as session:
         datasets.delete_dataset(session, current_tenant(), dataset_id)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from api import responses
+from api.openapi import Reply, operation
 from api.services.health import readiness
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation("Liveness", tag="health", responses={200: Reply("alive", responses.Health)})
 def healthz():
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@operation("Readiness: database and broker reachable", tag="health", responses={
+    200: Reply("ready", responses.Readiness), 503: Reply("not ready", responses.Readiness)})
 def readyz():
     checks = readiness()
     ready = all(value == "ok" for value in checks.values())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from api import responses
 from api.auth import current_tenant
+from api.openapi import Reply, operation
 from api.schemas import ModelUpload, Page, json_field, parse
 from api.serializers import model_json
 from api.services import models
@@ -16,6 +18,9 @@ bp = Blueprint("models", __name__, url_prefix="/v1")
 
 
 @bp.post("/models")
+@operation("Upload a model; a worker validates it next (status 'validating')", form=ModelUpload,
+           files=["file"], responses={201: Reply("the stored model", responses.Model),
+                                      422: "the input spec or architecture does not fit"})
 def create():
     form = request.form.to_dict()
     form["input"] = json_field(form.get("input"), "input")
@@ -27,6 +32,7 @@ def create():
 
 
 @bp.get("/models")
+@operation("List models", query=Page, responses={200: Reply("one page of models", responses.ModelPage)})
 def index():
     page = parse(Page, request.args.to_dict(), "query")
     with session_scope() as session:
@@ -35,12 +41,14 @@ def index():
 
 
 @bp.get("/models/<model_id>")
+@operation("Get a model and its validation status", responses={200: Reply("the model", responses.Model)})
 def show(model_id: str):
     with session_scope() as session:
         return jsonify(model_json(models.get_model(session, current_tenant(), model_id)))
 
 
 @bp.delete("/models/<model_id>")
+@operation("Delete a model", responses={204: "deleted"})
 def destroy(model_id: str):
     with session_scope() as session:
         models.delete_model(session, current_tenant(), model_id)
@@ -48,5 +56,7 @@ def destroy(model_id: str):
 
 
 @bp.get("/architectures")
+@operation("The built-in architecture registry (for format 'state_dict')",
+           responses={200: Reply("the architectures", responses.Architectures)})
 def architectures():
     return jsonify(items=describe())

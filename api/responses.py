@@ -1,0 +1,188 @@
+"""Response schemas: the shapes api/serializers.py returns, for the OpenAPI document.
+
+The OpenAPI test checks real responses against these (schemathesis' response conformance),
+so a serializer that changes shape without them fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from api.schemas import ModelFormat, Status, Task
+
+
+class Dataset(BaseModel):
+    id: str
+    name: str
+    builtin: bool
+    task: Task
+    num_samples: int
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    sha256: str
+    created_at: str
+
+
+class InputSpecOut(BaseModel):
+    channels: int
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+
+
+class Model(BaseModel):
+    id: str
+    name: str
+    format: ModelFormat
+    task: Task
+    architecture: str | None
+    architecture_options: dict[str, Any]
+    sha256: str
+    status: str
+    error: str | None
+    num_parameters: int | None
+    num_outputs: int | None
+    input: InputSpecOut
+    created_at: str
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class EvaluationError(BaseModel):
+    type: str
+    detail: str | None
+
+
+class Summary(BaseModel):
+    clean_accuracy: float
+    mean_accuracy: float
+    worst_case_accuracy: float
+    consistency: float
+    flip_rate: float | None
+    num_samples: int
+    num_shifts: int
+
+
+class Evaluation(BaseModel):
+    id: str
+    status: Status
+    model_id: str
+    dataset_id: str
+    progress: Progress
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: EvaluationError | None
+    request: dict[str, Any]
+    tags: list[str]
+    summary: Summary | None
+
+
+class DatasetPage(BaseModel):
+    items: list[Dataset]
+    next_cursor: str | None
+
+
+class ModelPage(BaseModel):
+    items: list[Model]
+    next_cursor: str | None
+
+
+class EvaluationPage(BaseModel):
+    items: list[Evaluation]
+    next_cursor: str | None
+
+
+class ShiftRow(BaseModel):
+    dx: float
+    dy: float
+    accuracy: float
+    agreement: float
+    correct: int
+    n: int
+
+
+class ShiftRows(BaseModel):
+    items: list[ShiftRow]
+
+
+class ClassRow(BaseModel):
+    label: int
+    n: int
+    clean_accuracy: float
+    mean_accuracy: float
+    worst_case_accuracy: float
+
+
+class ClassRows(BaseModel):
+    items: list[ClassRow]
+
+
+class ExampleRow(BaseModel):
+    index: int
+    label: int
+    clean_prediction: int
+    worst_prediction: int
+    worst_shift: tuple[float, float]
+    flips: int
+
+
+class ExampleRows(BaseModel):
+    items: list[ExampleRow]
+
+
+class ArchitectureOption(BaseModel):
+    name: str
+    type: str
+    default: Any
+    description: str
+
+
+class Architecture(BaseModel):
+    name: str
+    description: str
+    min_input_size: int
+    options: list[ArchitectureOption]
+
+
+class Architectures(BaseModel):
+    items: list[Architecture]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+class LayerShift(BaseModel):
+    dx: float
+    dy: float
+    equivariance_error: float | None
+    invariance_error: float | None
+
+
+class Layer(BaseModel):
+    name: str
+    kind: str
+    shape: list[int]
+    factor: int | None
+    shifts: list[LayerShift]
+    mean_equivariance_error: float | None
+    mean_invariance_error: float | None
+
+
+class LayerProfile(BaseModel):
+    items: list[Layer]

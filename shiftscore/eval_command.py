@@ -1,0 +1,244 @@
+"""`shiftscore eval`: upload a model, run a sweep, print the summary, gate a pipeline on it.
+
+Exit codes:
+    0  the sweep succeeded and every --min-* threshold was met (or none was given)
+    1  the sweep succeeded but a metric is below its --min-* threshold
+    2  usage: bad flags, a missing file, no URL or token
+    3  the service refused a request (the problem's detail is printed) or could not be reached
+    4  the model is invalid, the sweep failed or was cancelled, or waiting timed out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from shiftscore.client import (
+    Client,
+    ConnectionFailed,
+    EvaluationFailed,
+    ModelInvalid,
+    ShiftScoreError,
+    WaitTimeout,
+)
+
+EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_USAGE, EXIT_SERVICE, EXIT_FAILED = 0, 1, 2, 3, 4
+# (metric in the summary, argparse destination, flag)
+GATES = (
+    ("consistency", "min_consistency", "--min-consistency"),
+    ("worst_case_accuracy", "min_worst_case", "--min-worst-case"),
+    ("mean_accuracy", "min_mean_accuracy", "--min-mean-accuracy"),
+)
+METRICS = ("clean_accuracy", "mean_accuracy", "worst_case_accuracy", "consistency", "flip_rate")
+
+
+class UsageError(ValueError):
+    """A flag's value cannot be used; the message says which and why."""
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the `eval` subcommand to the `shiftscore` parser."""
+    parser = commands.add_parser(
+        "eval", help="upload a model, run a shift sweep, print the summary, gate on thresholds",
+        description="Upload a model (or use --model-id), run a shift sweep against SHIFTSCORE_URL and print "
+                    "its summary. Exit codes: 0 ok, 1 a metric below its --min-* threshold, 2 usage, "
+                    "3 the service refused or could not be reached, 4 model invalid / sweep failed / timed out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", help="model file to upload (TorchScript .pt, .pt2, ONNX, state dict)")
+    parser.add_argument("--model-id", help="evaluate an already uploaded model instead of uploading one")
+    parser.add_argument("--input", help='the model\'s input as JSON, e.g. \'{"channels": 1, "height": 8, '
+                                        '"width": 8, "mean": [0.5], "std": [0.5]}\' (needed to upload)')
+    parser.add_argument("--format", default="torchscript", choices=["torchscript", "exported", "state_dict", "onnx"])
+    parser.add_argument("--name", help="model name (default: the file's name)")
+    parser.add_argument("--task", default="classification", choices=["classification", "segmentation"])
+    parser.add_argument("--architecture", help="built-in architecture, for --format state_dict")
+    parser.add_argument("--architecture-options", help="the architecture's options as JSON")
+    parser.add_argument("--dataset", default="digits", help="dataset id, or a built-in's name")
+    parser.add_argument("--dataset-file", help="upload this NPZ (images, labels) and evaluate on it")
+    parser.add_argument("--max-shift", type=float, default=3, help="shift dx and dy from -N to N")
+    parser.add_argument("--dx", help="dx range MIN:MAX (write --dx=-2:2), overrides --max-shift")
+    parser.add_argument("--dy", help="dy range MIN:MAX (write --dy=-2:2), overrides --max-shift")
+    parser.add_argument("--step", type=float, default=1.0, help="grid step (0.5 for sub-pixel shifts)")
+    parser.add_argument("--shift-list", help='explicit shifts "DX,DY;DX,DY;…" (write --shift-list="-1,0;1,0")')
+    parser.add_argument("--padding", default="zeros", choices=["zeros", "circular", "reflect", "edge", "crop"])
+    parser.add_argument("--fill", type=float, help="fill value in [0, 1] for --padding zeros")
+    parser.add_argument("--max-samples", type=int, help="evaluate a seeded random subset of this many samples")
+    parser.add_argument("--seed", type=int, help="seed of the subset (default 0)")
+    parser.add_argument("--tag", action="append", dest="tags", help="tag the evaluation (repeatable)")
+    for metric, dest, flag in GATES:
+        parser.add_argument(flag, dest=dest, type=float, metavar="X", help=f"exit 1 if {metric} < X")
+    parser.add_argument("--url", help="service URL (default SHIFTSCORE_URL)")
+    parser.add_argument("--token", help="bearer token (default SHIFTSCORE_TOKEN)")
+    parser.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, for machines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
+
+
+def _range(raw: str | None, half: float, flag: str) -> list[float]:
+    if raw is None:
+        return [-half, half]
+    low, sep, high = raw.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return [float(low), float(high)]
+    except ValueError:
+        raise UsageError(f"{flag} needs MIN:MAX, e.g. {flag}=-2:2; got {raw!r}") from None
+
+
+def shifts_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep's `shifts` object from the grid flags."""
+    if args.shift_list:
+        try:
+            pairs = [[float(v) for v in item.split(",")] for item in args.shift_list.split(";") if item.strip()]
+        except ValueError:
+            pairs = []
+        if not pairs or any(len(pair) != 2 for pair in pairs):
+            raise UsageError(f'--shift-list needs "DX,DY;DX,DY;…", got {args.shift_list!r}')
+        return {"list": pairs}
+    return {"dx": _range(args.dx, args.max_shift, "--dx"), "dy": _range(args.dy, args.max_shift, "--dy"),
+            "step": args.step}
+
+
+def _json_flag(raw: str | None, flag: str) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} must be JSON: {exc}") from None
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+    if bool(args.model) == bool(args.model_id):
+        raise UsageError("give a model file to upload, or --model-id of an uploaded model (not both)")
+    if args.model:
+        if not os.path.isfile(args.model):
+            raise UsageError(f"no such model file: {args.model}")
+        if not isinstance(_json_flag(args.input, "--input"), dict):
+            raise UsageError('uploading a model needs --input, e.g. --input \'{"channels": 1, "height": 8, "width": 8}\'')
+    if args.dataset_file and not os.path.isfile(args.dataset_file):
+        raise UsageError(f"no such dataset file: {args.dataset_file}")
+    for _, dest, flag in GATES:
+        value = getattr(args, dest)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+
+
+class ProgressBar:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth in a log."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = stream.isatty()
+        self.last_tenth = -1
+
+    def __call__(self, evaluation: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        done, total = evaluation["progress"]["done"], evaluation["progress"]["total"] or 1
+        fraction = min(done / total, 1.0)
+        bar = "#" * int(fraction * 30)
+        line = f"[{bar:<30}] {fraction:6.1%}  {done}/{total} images  {evaluation['status']}"
+        if self.tty:
+            end = "\n" if evaluation["status"] in ("succeeded", "failed", "cancelled") else ""
+            self.stream.write("\r" + line + end)
+        elif int(fraction * 10) > self.last_tenth or evaluation["status"] in ("succeeded", "failed", "cancelled"):
+            self.last_tenth = int(fraction * 10)
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def gate(summary: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each requested threshold with the measured value and whether it was met."""
+    return [
+        {"metric": metric, "flag": flag, "threshold": getattr(args, dest), "value": summary[metric],
+         "passed": summary[metric] >= getattr(args, dest)}
+        for metric, dest, flag in GATES if getattr(args, dest) is not None
+    ]
+
+
+def summary_table(evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> str:
+    """The summary as an aligned text table, with each threshold and its verdict."""
+    summary = evaluation["summary"]
+    by_metric = {g["metric"]: g for g in gates}
+    lines = [f"evaluation {evaluation['id']}: {summary['num_samples']} samples x {summary['num_shifts']} shifts",
+             f"{'metric':<22}{'value':>8}  {'threshold':>9}  result"]
+    for metric in METRICS:
+        value = summary.get(metric)
+        shown = "-" if value is None else f"{value:.4f}"
+        rule = by_metric.get(metric)
+        threshold = f">= {rule['threshold']:.4f}" if rule else ""
+        verdict = ("ok" if rule["passed"] else "BELOW") if rule else ""
+        lines.append(f"{metric:<22}{shown:>8}  {threshold:>9}  {verdict}".rstrip())
+    return "\n".join(lines)
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    if args.model:
+        _say(args, f"uploading model {args.model} …")
+        model = client.upload_model(
+            args.model, input=_json_flag(args.input, "--input"), format=args.format, name=args.name,
+            task=args.task, architecture=args.architecture,
+            architecture_options=_json_flag(args.architecture_options, "--architecture-options"),
+            wait=True, timeout=args.timeout,
+        )
+        _say(args, f"model {model['id']} is ready ({model['num_parameters']} parameters)")
+    else:
+        model = client.wait_model(args.model_id, timeout=args.timeout)
+    dataset_id = args.dataset
+    if args.dataset_file:
+        dataset_id = client.upload_dataset(args.dataset_file)["id"]
+        _say(args, f"dataset {dataset_id} uploaded")
+    evaluation = client.submit(model["id"], dataset_id, shifts=shifts_from(args), padding=args.padding,
+                               fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags)
+    _say(args, f"evaluation {evaluation['id']} submitted")
+    return client.wait(evaluation["id"], progress=ProgressBar(sys.stderr, not args.quiet), timeout=args.timeout)
+
+
+def _fail(args: argparse.Namespace, code: int, message: str, problem: dict[str, Any] | None = None) -> int:
+    print(f"shiftscore eval: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"passed": False, "exit_code": code, "error": problem or {"detail": message}}))
+    return code
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run `shiftscore eval`; returns the exit code (see the module docstring)."""
+    try:
+        _check_usage(args)
+        shifts_from(args)
+        client = Client(args.url, args.token, timeout=120)
+    except (UsageError, ValueError) as exc:
+        return _fail(args, EXIT_USAGE, str(exc))
+    try:
+        evaluation = _evaluate(client, args)
+    except UsageError as exc:
+        return _fail(args, EXIT_USAGE, str(exc))
+    except (ModelInvalid, EvaluationFailed, WaitTimeout) as exc:
+        return _fail(args, EXIT_FAILED, f"{exc.title}: {exc.detail}", exc.problem)
+    except ConnectionFailed as exc:
+        return _fail(args, EXIT_SERVICE, exc.detail, exc.problem)
+    except ShiftScoreError as exc:
+        fields = "".join(f"\n  {e.get('field')}: {e.get('message')}" for e in exc.errors)
+        return _fail(args, EXIT_SERVICE, f"{exc}{fields}", exc.problem)
+    gates = gate(evaluation["summary"], args)
+    passed = all(g["passed"] for g in gates)
+    code = EXIT_OK if passed else EXIT_BELOW_THRESHOLD
+    if args.json:
+        print(json.dumps({"passed": passed, "exit_code": code, "evaluation": evaluation,
+                          "summary": evaluation["summary"], "gates": gates}))
+    else:
+        print(summary_table(evaluation, gates))
+        for failed in (g for g in gates if not g["passed"]):
+            print(f"{failed['metric']} {failed['value']:.4f} is below {failed['flag']} {failed['threshold']}",
+                  file=sys.stderr)
+    return code
