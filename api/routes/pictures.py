@@ -1,0 +1,49 @@
+"""PNG pictures: heatmaps and comparisons of evaluations, and a dataset's images."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from api.auth import current_tenant
+from api.openapi import Reply, operation
+from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
+from api.schemas import parse
+from api.services import pictures
+from db.session import session_scope
+
+bp = Blueprint("pictures", __name__, url_prefix="/v1")
+
+
+def _png(data: bytes) -> Response:
+    # Results never change once succeeded, but they are private to the tenant.
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@bp.get("/evaluations/<evaluation_id>/heatmap.png")
+@operation("Accuracy (or agreement, or both side by side) over the grid as a PNG", query=HeatmapQuery,
+           tag="evaluations", responses={200: Reply("the heatmap", media_type="image/png"),
+                                         409: "not succeeded yet"})
+def heatmap(evaluation_id: str):
+    query = parse(HeatmapQuery, request.args.to_dict(), "query")
+    with session_scope() as session:
+        return _png(pictures.heatmap(session, current_tenant(), evaluation_id, query))
+
+
+@bp.get("/evaluations/<evaluation_id>/compare.png")
+@operation("Two evaluations side by side on one colour scale, and their difference, as a PNG",
+           query=CompareQuery, tag="evaluations", responses={
+               200: Reply("the comparison", media_type="image/png"), 409: "one of them has not succeeded",
+               422: "the two evaluations share no shift"})
+def compare(evaluation_id: str):
+    query = parse(CompareQuery, request.args.to_dict(), "query")
+    with session_scope() as session:
+        return _png(pictures.comparison(session, current_tenant(), evaluation_id, query))
+
+
+@bp.get("/datasets/<dataset_id>/samples/<int:index>.png")
+@operation("One image of a dataset as a PNG", query=SampleQuery, tag="datasets",
+           responses={200: Reply("the image", media_type="image/png")})
+def sample(dataset_id: str, index: int):
+    query = parse(SampleQuery, request.args.to_dict(), "query")
+    with session_scope() as session:
+        return _png(pictures.sample(session, current_tenant(), dataset_id, index, query))

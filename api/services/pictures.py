@@ -1,0 +1,78 @@
+"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from api import pictures
+from api.errors import NotFound, Unprocessable
+from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
+from api.services.datasets import get_dataset
+from api.services.evaluations import get_evaluation, shift_results
+from db.blobs import blob_path
+from db.models import Dataset, Evaluation, Model
+from shiftscore.settings import get_settings
+
+
+def _names(session: Session, evaluation: Evaluation) -> tuple[str, str]:
+    model = session.get(Model, evaluation.model_id)
+    dataset = session.get(Dataset, evaluation.dataset_id)
+    return (model.name if model else evaluation.model_id, dataset.name if dataset else evaluation.dataset_id)
+
+
+def _sweep_line(evaluation: Evaluation) -> str:
+    summary = evaluation.summary or {}
+    request = evaluation.request
+    parts = [f"padding {request.get('padding')}", f"{summary.get('num_samples')} samples",
+             f"{summary.get('num_shifts')} shifts"]
+    if summary.get("mean_accuracy") is not None:
+        parts.append(f"mean accuracy {summary['mean_accuracy'] * 100:.1f}%")
+    if summary.get("consistency") is not None:
+        parts.append(f"consistency {summary['consistency'] * 100:.1f}%")
+    return " · ".join(parts)
+
+
+def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: HeatmapQuery) -> bytes:
+    """The evaluation's accuracy (or agreement, or both) over its grid as a PNG."""
+    rows = shift_results(session, tenant_id, evaluation_id)
+    evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    model, dataset = _names(session, evaluation)
+    metrics = ["accuracy", "agreement"] if query.metric == "both" else [query.metric]
+    return pictures.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
+                                full_scale=query.scale == "full")
+
+
+def comparison(session: Session, tenant_id: str, evaluation_id: str, query: CompareQuery) -> bytes:
+    """Two evaluations' heatmaps on one scale, and the difference per shift, as a PNG."""
+    rows = shift_results(session, tenant_id, evaluation_id)
+    other_rows = shift_results(session, tenant_id, query.other)
+    first = get_evaluation(session, tenant_id, evaluation_id)
+    second = get_evaluation(session, tenant_id, query.other)
+    (model_a, dataset_a), (model_b, dataset_b) = _names(session, first), _names(session, second)
+    label_a, label_b = model_a, model_b
+    if model_a == model_b:
+        label_a, label_b = f"{model_a} ({first.id[:8]})", f"{model_b} ({second.id[:8]})"
+    datasets = dataset_a if dataset_a == dataset_b else f"{dataset_a} / {dataset_b}"
+    same_sweep = "same sweep" if first.sweep_key == second.sweep_key else "different sweeps"
+    try:
+        return pictures.comparison_png(
+            rows, other_rows, query.metric, labels=(label_a, label_b),
+            title=f"{query.metric}: {label_a} vs {label_b}",
+            subtitle=f"{datasets} · {same_sweep} · padding {first.request.get('padding')} vs "
+                     f"{second.request.get('padding')}",
+            full_scale=query.scale == "full",
+        )
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
+
+
+def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:
+    """Image `index` of a dataset the tenant can see, as a PNG."""
+    dataset = get_dataset(session, tenant_id, dataset_id)
+    if not 0 <= index < dataset.num_samples:
+        raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
+    # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
+    path = blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache")
+    images = np.load(path, mmap_mode="r")
+    return pictures.sample_png(np.asarray(images[index]), query.scale)
