@@ -87,3 +87,17 @@ def reference_sweep(model, images, labels, grid, mode, fill, mean, std):
             P[i, j] = predict(shifted)
     clean = np.array([predict(image) for image in floats])
     return P, clean, reference_metrics(P, clean, labels, list(grid.shifts), grid.step)
+
+
+def reference_crop(image: np.ndarray, dx: float, dy: float, height: int, width: int) -> np.ndarray:
+    """SPEC §1 `crop`: the centred height×width window of the content moved by (dx, dy).
+
+    Moving the content and keeping the window still is the window moving by
+    (−dx, −dy); scipy's bilinear shift of the whole image gives the fractional case.
+    """
+    top, left = (image.shape[1] - height) // 2, (image.shape[2] - width) // 2
+    if float(dx).is_integer() and float(dy).is_integer():
+        y0, x0 = top - int(dy), left - int(dx)
+        return image[:, y0 : y0 + height, x0 : x0 + width]
+    moved = np.stack([ndimage.shift(channel, (dy, dx), order=1, mode="nearest") for channel in image])
+    return moved[:, top : top + height, left : left + width].astype(image.dtype)

@@ -7,17 +7,24 @@ import io
 
 from flask import Blueprint, Response, jsonify, request
 
+from api import responses
 from api.auth import current_tenant
+from api.openapi import Reply, operation
 from api.errors import BadRequest
 from api.schemas import EvaluationCreate, EvaluationFilter, ExamplesQuery, ShiftsQuery, parse
 from api.serializers import evaluation_json
-from api.services import evaluations
+from api.services import evaluations, layers
 from db.session import session_scope
 
 bp = Blueprint("evaluations", __name__, url_prefix="/v1/evaluations")
 
 
 @bp.post("")
+@operation("Submit a shift sweep", body=EvaluationCreate,
+           headers={"Idempotency-Key": "repeat a submission safely: the same key returns the first evaluation"},
+           responses={202: Reply("the queued evaluation", responses.Evaluation, headers={"Location": "its URL"}),
+                      404: "no such model or dataset", 409: "the model is still being validated",
+                      422: "the request does not fit the model or dataset"})
 def create():
     data = request.get_json(silent=True)
     if data is None:
@@ -31,6 +38,8 @@ def create():
 
 
 @bp.get("")
+@operation("List evaluations, newest first", query=EvaluationFilter,
+           responses={200: Reply("one page of evaluations", responses.EvaluationPage)})
 def index():
     query = parse(EvaluationFilter, request.args.to_dict(), "query")
     with session_scope() as session:
@@ -39,20 +48,25 @@ def index():
 
 
 @bp.get("/<evaluation_id>")
+@operation("Get an evaluation: status, progress and summary",
+           responses={200: Reply("the evaluation", responses.Evaluation)})
 def show(evaluation_id: str):
     with session_scope() as session:
         return jsonify(evaluation_json(evaluations.get_evaluation(session, current_tenant(), evaluation_id)))
 
 
 @bp.get("/<evaluation_id>/shifts")
+@operation("Per-shift accuracy and agreement (JSON or ?format=csv)", query=ShiftsQuery,
+           responses={200: Reply("one row per grid shift", responses.ShiftRows, also=("text/csv",)), 409: "not succeeded yet"})
 def shifts(evaluation_id: str):
     query = parse(ShiftsQuery, request.args.to_dict(), "query")
     with session_scope() as session:
         rows = evaluations.shift_results(session, current_tenant(), evaluation_id)
     if query.format == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=["dx", "dy", "accuracy", "agreement", "correct", "n"],
-                                lineterminator="\n")
+        # Segmentation rows carry SPEC §3's columns after SPEC §4's.
+        fieldnames = list(rows[0]) if rows else ["dx", "dy", "accuracy", "agreement", "correct", "n"]
+        writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return Response(out.getvalue(), mimetype="text/csv",
@@ -61,19 +75,34 @@ def shifts(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/classes")
+@operation("Per-class accuracies", responses={200: Reply("one row per label", responses.ClassRows),
+                                              409: "not succeeded yet"})
 def classes(evaluation_id: str):
     with session_scope() as session:
         return jsonify(items=evaluations.class_results(session, current_tenant(), evaluation_id))
 
 
 @bp.get("/<evaluation_id>/examples")
+@operation("The samples that break most easily", query=ExamplesQuery,
+           responses={200: Reply("most flips first", responses.ExampleRows), 409: "not succeeded yet"})
 def examples(evaluation_id: str):
     query = parse(ExamplesQuery, request.args.to_dict(), "query")
     with session_scope() as session:
         return jsonify(items=evaluations.example_results(session, current_tenant(), evaluation_id, query.limit))
 
 
+@bp.get("/<evaluation_id>/layers")
+@operation("The layer profile: equivariance and invariance error per layer and shift (SPEC §3)",
+           responses={200: Reply("layers in forward order, the model output last", responses.LayerProfile),
+                      404: "no such evaluation, or it was submitted without 'layers'", 409: "not succeeded yet"})
+def layer_profile(evaluation_id: str):
+    with session_scope() as session:
+        return jsonify(items=layers.layer_profile(session, current_tenant(), evaluation_id))
+
+
 @bp.post("/<evaluation_id>/cancel")
+@operation("Stop a queued or running sweep", responses={
+    202: Reply("the evaluation, cancelling", responses.Evaluation), 409: "already finished"})
 def cancel(evaluation_id: str):
     with session_scope() as session:
         evaluation = evaluations.cancel_evaluation(session, current_tenant(), evaluation_id)

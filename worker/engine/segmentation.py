@@ -1,0 +1,290 @@
+"""Segmentation sweeps (SPEC §3): per-shift equivariance error, pixel agreement and mIoU.
+
+The model returns N×K×h×w logits for H×W inputs, with r = H / h. At a shift s:
+
+- equivariance_error(s) and pixel_agreement(s) compare F(S_s x) with F(x) moved
+  by s / r over the cells defined in both (SPEC §3), when r divides dx and dy;
+- accuracy(s) and miou(s) compare the predicted classes with the true masks
+  shifted the same way as the images (nearest: each output cell stands for its
+  r×r block of pixels). Pixels a shift fills without a source (padding `zeros`)
+  have no true class and are left out; `circular`, `reflect` and `edge` extend
+  the masks as they extend the images, and `crop` moves the window over the
+  larger masks. Masks cannot be interpolated, so a fractional shift has no
+  accuracy or mIoU. IoU per class is TP / (TP + FP + FN) over all samples, and
+  mIoU is its mean over the classes with TP + FP + FN > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from worker.engine.equivariance import channel_tensor, comparable_offset, compared_pair, relative_error, squared_sums
+from worker.engine.shifting import canvas_margin, make_canvas, normalize, to_float
+from worker.engine.sweep import SweepError, SweepPlan
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+_NO_CLASS = -1.0
+
+
+@dataclass
+class SegmentationTally:
+    """Counts and sums per grid shift (S), with per-class counts (S×K) for the IoU."""
+
+    num_shifts: int
+    num_classes: int
+    n: int = 0
+    factor: int | None = None
+    clean: dict[str, Any] = field(default_factory=dict)
+    pixels: np.ndarray = field(default=None)  # type: ignore[assignment]
+    correct: np.ndarray = field(default=None)  # type: ignore[assignment]
+    cells: np.ndarray = field(default=None)  # type: ignore[assignment]
+    agreed: np.ndarray = field(default=None)  # type: ignore[assignment]
+    eq_diff: np.ndarray = field(default=None)  # type: ignore[assignment]
+    eq_ref: np.ndarray = field(default=None)  # type: ignore[assignment]
+    hits: np.ndarray = field(default=None)  # type: ignore[assignment]
+    predicted: np.ndarray = field(default=None)  # type: ignore[assignment]
+    truth: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        s, k = self.num_shifts, self.num_classes
+        for name in ("pixels", "correct", "cells", "agreed"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(s, dtype=np.int64))
+        for name in ("eq_diff", "eq_ref"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(s, dtype=np.float64))
+        for name in ("hits", "predicted", "truth"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros((s, k), dtype=np.int64))
+        if not self.clean:
+            self.clean = {"pixels": 0, "correct": 0, "hits": [0] * k, "predicted": [0] * k, "truth": [0] * k}
+
+    _ARRAYS = ("pixels", "correct", "cells", "agreed", "eq_diff", "eq_ref", "hits", "predicted", "truth")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "num_shifts": self.num_shifts, "num_classes": self.num_classes, "n": self.n,
+            "factor": self.factor, "clean": self.clean,
+        }
+        out.update({name: getattr(self, name).tolist() for name in self._ARRAYS})
+        return out
+
+    def merge(self, other: SegmentationTally) -> None:
+        """Add another tally over disjoint samples of the same sweep."""
+        self.n += other.n
+        self.factor = self.factor or other.factor
+        for name in self._ARRAYS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.clean = {
+            key: [a + b for a, b in zip(value, other.clean[key])] if isinstance(value, list) else value + other.clean[key]
+            for key, value in self.clean.items()
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SegmentationTally:
+        floats = {"eq_diff", "eq_ref"}
+        arrays = {
+            name: np.asarray(data[name], dtype=np.float64 if name in floats else np.int64)
+            for name in cls._ARRAYS
+        }
+        return cls(data["num_shifts"], data["num_classes"], data["n"], data["factor"], data["clean"], **arrays)
+
+
+def _class_counts(predicted: torch.Tensor, truth: torch.Tensor, k: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(labelled pixels, correct pixels, hits per class, predicted per class, true per class)."""
+    valid = truth >= 0
+    p, t = predicted[valid], truth[valid]
+    hit = p == t
+    return (
+        int(valid.sum()), int(hit.sum()),
+        torch.bincount(t[hit], minlength=k)[:k].cpu().numpy(),
+        torch.bincount(p, minlength=k)[:k].cpu().numpy(),
+        torch.bincount(t, minlength=k)[:k].cpu().numpy(),
+    )
+
+
+def _check_output(output: torch.Tensor, rows: int, input_hw: tuple[int, int], num_classes: int) -> int:
+    """The output's factor r; a SweepError if the output is not N×K×(H/r)×(W/r) logits."""
+    if output.ndim != 4 or output.shape[0] != rows:
+        raise SweepError(
+            f"the model returned an output of shape {tuple(output.shape)}; a segmentation model must "
+            "return N×K×H'×W' logits"
+        )
+    if output.shape[1] < num_classes:
+        raise SweepError(
+            f"the model returns {output.shape[1]} class maps but the masks have classes up to {num_classes - 1}"
+        )
+    height, width = input_hw
+    map_h, map_w = output.shape[-2:]
+    if height % map_h or width % map_w or height // map_h != width // map_w:
+        raise SweepError(
+            f"the model's {map_h}x{map_w} output does not divide its {height}x{width} input by one whole factor"
+        )
+    if not torch.isfinite(output).all():
+        raise SweepError("the model's output is not finite (NaN or infinity) for some inputs")
+    return height // map_h
+
+
+def _upsample(classes: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 1:
+        return classes
+    return classes.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def run_segmentation_sweep(
+    predict: Predict,
+    images: np.ndarray,
+    masks: np.ndarray,
+    indices: Sequence[int] | np.ndarray,
+    plan: SweepPlan,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    tally: SegmentationTally | None = None,
+    start: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[SegmentationTally, int], None] | None = None,
+) -> SegmentationTally:
+    """Sweep `indices[start:]` into `tally`; callbacks as in worker.engine.sweep.run_sweep."""
+    device = torch.device(device)
+    indices = np.asarray(indices, dtype=np.int64)
+    grid = plan.grid
+    num_labels = int(masks[indices].max()) + 1 if len(indices) else 1
+    channels = images.shape[3] if images.ndim == 4 else 1
+    mean, std = channel_tensor(plan.mean, channels, device), channel_tensor(plan.std, channels, device)
+    margin = canvas_margin(grid.max_abs)
+    circular = plan.padding == "circular"
+    chunk = max(1, min(batch_size, len(indices)))
+    shifts_per_batch = max(1, batch_size // chunk)
+    done = start * plan.images_per_sample()
+    with torch.inference_mode():
+        for begin in range(start, len(indices), chunk):
+            rows = indices[begin : begin + chunk]
+            canvas = make_canvas(to_float(images[rows], device), plan.padding, plan.fill, margin, plan.input_hw)
+            mask_source = torch.from_numpy(np.asarray(masks[rows], dtype=np.float32)).to(device)[:, None]
+            mask_canvas = make_canvas(mask_source, plan.padding, _NO_CLASS, margin, plan.input_hw)
+            reference = predict(normalize(canvas.view(0.0, 0.0), mean, std))
+            factor = _check_output(reference, len(rows), plan.input_hw, num_labels)
+            # IoU runs over the model's classes: a class it predicts but no mask holds counts too.
+            tally = tally or SegmentationTally(grid.size, int(reference.shape[1]))
+            k = tally.num_classes
+            tally.factor = factor
+            reference_classes = reference.argmax(dim=1)
+            truth = mask_canvas.view(0.0, 0.0)[:, 0].long()
+            pixels, correct, hits, predicted, true = _class_counts(_upsample(reference_classes, factor), truth, k)
+            clean = tally.clean
+            clean["pixels"] += pixels
+            clean["correct"] += correct
+            for key, counts in (("hits", hits), ("predicted", predicted), ("truth", true)):
+                clean[key] = [a + int(b) for a, b in zip(clean[key], counts)]
+            done += len(rows)
+            pending = [(j, s) for j, s in enumerate(grid.shifts) if s != (0.0, 0.0)]
+            for j, shift in enumerate(grid.shifts):
+                if shift == (0.0, 0.0):
+                    _accumulate(tally, j, shift, reference, reference, mask_canvas, circular)
+            for first in range(0, len(pending), shifts_per_batch):
+                group = pending[first : first + shifts_per_batch]
+                batch = normalize(torch.cat([canvas.view(dx, dy) for _, (dx, dy) in group]), mean, std)
+                output = predict(batch)
+                _check_output(output, len(rows) * len(group), plan.input_hw, num_labels)
+                for g, (j, shift) in enumerate(group):
+                    part = output[g * len(rows) : (g + 1) * len(rows)]
+                    _accumulate(tally, j, shift, reference, part, mask_canvas, circular)
+                done += len(rows) * len(group)
+                if on_progress is not None:
+                    on_progress(done)
+            tally.n += len(rows)
+            if on_chunk is not None:
+                on_chunk(tally, begin + len(rows))
+    if tally is None:
+        raise SweepError("no samples were evaluated")
+    return tally
+
+
+def _accumulate(
+    tally: SegmentationTally,
+    j: int,
+    shift: tuple[float, float],
+    reference: torch.Tensor,
+    output: torch.Tensor,
+    mask_canvas: Any,
+    circular: bool,
+) -> None:
+    dx, dy = shift
+    factor = tally.factor
+    classes = output.argmax(dim=1)
+    if float(dx).is_integer() and float(dy).is_integer():
+        truth = mask_canvas.view(dx, dy)[:, 0].long()
+        pixels, correct, hits, predicted, true = _class_counts(_upsample(classes, factor), truth, tally.num_classes)
+        tally.pixels[j] += pixels
+        tally.correct[j] += correct
+        tally.hits[j] += hits
+        tally.predicted[j] += predicted
+        tally.truth[j] += true
+    offset = comparable_offset(dx, dy, factor)
+    pair = compared_pair(reference, output, offset, circular) if offset is not None else None
+    if pair is None:
+        return
+    diff, norm = squared_sums(*pair)
+    tally.eq_diff[j] += diff
+    tally.eq_ref[j] += norm
+    expected_classes, got_classes = pair[0].argmax(dim=1), pair[1].argmax(dim=1)
+    tally.cells[j] += expected_classes.numel()
+    tally.agreed[j] += int((expected_classes == got_classes).sum())
+
+
+def mean_iou(hits: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    """Mean of TP / (TP + FP + FN) over the classes with a non-empty union; None if none has one."""
+    union = predicted + truth - hits
+    present = union > 0
+    if not present.any():
+        return None
+    return float(np.mean(hits[present] / union[present]))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def segmentation_rows(tally: SegmentationTally, shifts: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
+    """One row per grid shift, in grid order."""
+    rows = []
+    for j, (dx, dy) in enumerate(shifts):
+        pixels, cells = int(tally.pixels[j]), int(tally.cells[j])
+        rows.append({
+            "dx": dx, "dy": dy, "n": tally.n,
+            "pixels": pixels, "correct": int(tally.correct[j]),
+            "cells": cells, "agreed": int(tally.agreed[j]),
+            "accuracy": int(tally.correct[j]) / pixels if pixels else None,
+            "pixel_agreement": int(tally.agreed[j]) / cells if cells else None,
+            "equivariance_error": relative_error(float(tally.eq_diff[j]), float(tally.eq_ref[j])) if cells else None,
+            "miou": mean_iou(tally.hits[j], tally.predicted[j], tally.truth[j]) if pixels else None,
+        })
+    return rows
+
+
+def segmentation_summary(tally: SegmentationTally, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Clean and mean-over-the-grid pixel accuracy and mIoU, mean agreement and equivariance error."""
+    if tally.n == 0:
+        raise ValueError("no samples were evaluated")
+    clean = tally.clean
+    miou = [r["miou"] for r in rows]
+    return {
+        "task": "segmentation",
+        "clean_pixel_accuracy": clean["correct"] / clean["pixels"] if clean["pixels"] else None,
+        "clean_miou": mean_iou(*(np.asarray(clean[k]) for k in ("hits", "predicted", "truth"))),
+        "mean_pixel_accuracy": _mean([r["accuracy"] for r in rows]),
+        "mean_miou": _mean(miou),
+        "worst_miou": min((m for m in miou if m is not None), default=None),
+        "mean_pixel_agreement": _mean([r["pixel_agreement"] for r in rows]),
+        "mean_equivariance_error": _mean([r["equivariance_error"] for r in rows]),
+        "output_factor": tally.factor,
+        "num_samples": tally.n,
+        "num_shifts": len(rows),
+    }
