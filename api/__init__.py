@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, request
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
-from api.routes import datasets, evaluations, health, models
+from api.routes import (
+    dashboard, datasets, docs, evaluations, health, leaderboard, metrics, models, pictures, tenant,
+)
+from api.schemas import reject_nul
 from shiftscore.settings import Settings, get_settings
 
 
@@ -22,7 +25,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     register_error_handlers(app)
     register_auth(app)
-    for blueprint in (health.bp, datasets.bp, models.bp, evaluations.bp):
+    # Path parameters skip `parse`; PostgreSQL text cannot hold NUL, so refuse it here as a 400.
+    app.before_request(lambda: reject_nul(request.view_args or {}, "path"))
+    for blueprint in (health.bp, datasets.bp, models.bp, evaluations.bp, docs.bp,
+                      pictures.bp, leaderboard.bp, metrics.bp, dashboard.bp, tenant.bp):
         app.register_blueprint(blueprint)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

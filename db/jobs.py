@@ -1,126 +1,274 @@
-"""State changes of an evaluation job, each a conditional update so racing workers cannot collide.
+"""State changes of evaluation jobs and their chunks, each a conditional update so racing workers cannot collide.
 
-A worker holds an evaluation through its attempt number: every write it makes
-is guarded by `attempts = <its attempt>`, so a worker that lost its claim (the
-sweep was cancelled, or taken over after it went silent) can no longer write.
+An evaluation's samples are split into chunks (`evaluation_chunks`). A worker
+holds a chunk through its attempt number: every write it makes is guarded by
+`attempts = <its attempt>` and `status = 'running'`, so a worker that lost its
+claim (the evaluation was cancelled or failed, or the chunk was taken over
+after its worker went silent) can no longer write. Progress is counted from each
+chunk's high-water mark, so a retried chunk never counts an image twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ClassResult, Evaluation, ExampleResult, Model, ShiftResult, utcnow
+from db.models import (
+    ClassResult,
+    Dataset,
+    Evaluation,
+    EvaluationChunk,
+    ExampleResult,
+    Model,
+    ShiftResult,
+    utcnow,
+)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+# A chunk is queued, running, done, or stopped (its evaluation ended without it).
+CHUNK_OPEN = ("queued", "running")
+
+Split = Callable[[int, int], list[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
-class Claim:
-    """A worker's hold on an evaluation."""
+class ChunkClaim:
+    """A worker's hold on one chunk of an evaluation."""
 
     evaluation_id: str
+    index: int
     attempt: int
 
 
+@dataclass(frozen=True)
+class ClaimedChunk:
+    """A claimed chunk and the checkpoint it resumes from."""
+
+    claim: ChunkClaim
+    start: int
+    stop: int
+    position: int
+    done: int
+    total: int
+    tally: dict[str, Any] | None
+
+
 class LostClaim(Exception):
-    """The evaluation was cancelled or taken over: stop working on it."""
+    """The evaluation was cancelled or failed, or the chunk was taken over: stop working on it."""
 
 
-def claim_evaluation(
-    session: Session, evaluation_id: str, worker: str, stale_after: timedelta, max_attempts: int
-) -> Claim | None:
-    """Move a queued evaluation (or a running one whose worker went silent) to running."""
+def plan_chunks(session: Session, evaluation_id: str, split: Split) -> list[int]:
+    """Split a queued, unplanned evaluation into chunks; their indexes, or [] if there is nothing to plan.
+
+    `split(num_samples, images_per_sample)` gives the `[start, stop)` sample ranges.
+    """
+    # The first statement writes the evaluation row: it serializes two planners of one evaluation.
+    locked = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.status == "queued",
+               Evaluation.cancel_requested.is_(False))
+        .values(heartbeat_at=utcnow())
+    )
+    if locked.rowcount != 1 or _has_chunks(session, evaluation_id):
+        return []
     evaluation = session.get(Evaluation, evaluation_id)
-    if evaluation is None or evaluation.status in TERMINAL:
-        return None
-    if evaluation.attempts >= max_attempts:
-        fail_evaluation(
-            session,
-            evaluation_id,
-            None,
-            "attempts_exhausted",
-            f"the sweep was started {evaluation.attempts} times and never finished "
-            "(its worker died each time); giving up",
+    dataset = session.get(Dataset, evaluation.dataset_id)
+    max_samples = evaluation.request.get("max_samples")
+    num_samples = min(max_samples or dataset.num_samples, dataset.num_samples)
+    per_sample = evaluation.progress_total // max(1, num_samples)
+    bounds = split(num_samples, per_sample)
+    now = utcnow()
+    session.add_all(
+        EvaluationChunk(
+            evaluation_id=evaluation_id, index=index, start=start, stop=stop, status="queued",
+            attempts=0, done=0, total=(stop - start) * per_sample, position=start, enqueued_at=now,
         )
+        for index, (start, stop) in enumerate(bounds)
+    )
+    session.flush()
+    return list(range(len(bounds)))
+
+
+def _has_chunks(session: Session, evaluation_id: str) -> bool:
+    return bool(session.execute(
+        select(exists().where(EvaluationChunk.evaluation_id == evaluation_id))
+    ).scalar())
+
+
+def claim_chunk(
+    session: Session, evaluation_id: str, index: int, worker: str, stale_after: timedelta,
+    max_attempts: int,
+) -> ClaimedChunk | None:
+    """Take a queued chunk (or a running one whose worker went silent); None if it is not ours to run."""
+    chunk = session.get(EvaluationChunk, (evaluation_id, index))
+    evaluation = session.get(Evaluation, evaluation_id)
+    if chunk is None or evaluation is None or chunk.status not in CHUNK_OPEN:
+        return None
+    if evaluation.status in TERMINAL or evaluation.cancel_requested:
         return None
     now = utcnow()
-    attempt = evaluation.attempts + 1
-    result = session.execute(
-        update(Evaluation)
+    cutoff = now - stale_after
+    if chunk.status == "running" and not _before(chunk.heartbeat_at, cutoff):
+        return None
+    if chunk.attempts >= max_attempts:
+        _exhausted(session, evaluation_id, chunk)
+        return None
+    attempt = chunk.attempts + 1
+    taken = session.execute(
+        update(EvaluationChunk)
         .where(
-            Evaluation.id == evaluation_id,
-            Evaluation.attempts == evaluation.attempts,
-            Evaluation.cancel_requested.is_(False),
+            EvaluationChunk.evaluation_id == evaluation_id,
+            EvaluationChunk.index == index,
+            EvaluationChunk.attempts == chunk.attempts,
             or_(
-                Evaluation.status == "queued",
-                and_(Evaluation.status == "running", Evaluation.heartbeat_at < now - stale_after),
+                EvaluationChunk.status == "queued",
+                and_(EvaluationChunk.status == "running", EvaluationChunk.heartbeat_at < cutoff),
             ),
         )
+        .values(status="running", attempts=attempt, worker=worker, heartbeat_at=now,
+                started_at=func.coalesce(EvaluationChunk.started_at, now))
+    )
+    if taken.rowcount != 1:
+        session.rollback()
+        return None
+    started = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.status.in_(ACTIVE),
+               Evaluation.cancel_requested.is_(False))
         .values(
-            status="running",
-            attempts=attempt,
-            worker=worker,
-            started_at=evaluation.started_at or now,
-            heartbeat_at=now,
+            status="running", worker=worker, heartbeat_at=now,
+            started_at=func.coalesce(Evaluation.started_at, now),
+            # The evaluation shows its most-retried chunk's attempt count.
+            attempts=case((Evaluation.attempts < attempt, attempt), else_=Evaluation.attempts),
         )
     )
-    if result.rowcount != 1:
+    if started.rowcount != 1:
+        session.rollback()
         return None
-    return Claim(evaluation_id, attempt)
+    return ClaimedChunk(
+        claim=ChunkClaim(evaluation_id, index, attempt), start=chunk.start, stop=chunk.stop,
+        position=chunk.position, done=chunk.done, total=chunk.total, tally=chunk.tally,
+    )
 
 
-def _held(claim: Claim) -> list[Any]:
+def _before(moment: datetime | None, cutoff: datetime) -> bool:
+    if moment is None:
+        return True
+    if moment.tzinfo is None:  # SQLite hands back naive UTC
+        moment = moment.replace(tzinfo=cutoff.tzinfo)
+    return moment < cutoff
+
+
+def _exhausted(session: Session, evaluation_id: str, chunk: EvaluationChunk) -> None:
+    fail_evaluation(
+        session, evaluation_id, "attempts_exhausted",
+        f"part {chunk.index} of the sweep (samples {chunk.start}-{chunk.stop - 1}) was started "
+        f"{chunk.attempts} times and its worker died or was killed each time (a crash, running out "
+        "of memory, or the hard time limit); giving up. Submit a smaller sweep (max_samples or a "
+        "smaller grid) or raise SHIFTSCORE_MAX_ATTEMPTS",
+    )
+
+
+def _held(claim: ChunkClaim) -> list[Any]:
     return [
-        Evaluation.id == claim.evaluation_id,
-        Evaluation.attempts == claim.attempt,
-        Evaluation.status == "running",
+        EvaluationChunk.evaluation_id == claim.evaluation_id,
+        EvaluationChunk.index == claim.index,
+        EvaluationChunk.attempts == claim.attempt,
+        EvaluationChunk.status == "running",
     ]
 
 
-def record_progress(
-    session: Session, claim: Claim, done: int, total: int, checkpoint: dict[str, Any] | None = None
-) -> None:
-    """Write progress (and a checkpoint); raise LostClaim if the sweep should stop."""
-    values: dict[str, Any] = {"progress_done": done, "progress_total": total, "heartbeat_at": utcnow()}
+def record_chunk_progress(
+    session: Session, claim: ChunkClaim, done: int, high_water: int,
+    checkpoint: tuple[int, dict[str, Any]] | None = None,
+) -> int:
+    """Write a chunk's progress (and a `(position, tally)` checkpoint); return the new high-water mark.
+
+    The evaluation's progress grows by what the chunk did beyond its high-water
+    mark, so images swept again after a retry are not counted twice. Raises
+    LostClaim if the chunk should stop.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now, "done": max(done, high_water)}
     if checkpoint is not None:
-        values["checkpoint"] = checkpoint
-    result = session.execute(
-        update(Evaluation).where(*_held(claim), Evaluation.cancel_requested.is_(False)).values(**values)
-    )
-    if result.rowcount != 1:
-        session.rollback()
-        if not _cancel_if_requested(session, claim):
-            raise LostClaim("the evaluation is no longer held by this worker")
-        raise LostClaim("the evaluation was cancelled")
+        values["position"], values["tally"] = checkpoint
+    _write_held(session, claim, values, max(0, done - high_water))
+    return max(done, high_water)
 
 
-def _cancel_if_requested(session: Session, claim: Claim) -> bool:
-    result = session.execute(
-        update(Evaluation)
-        .where(*_held(claim), Evaluation.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=utcnow(), checkpoint=None)
-    )
-    session.commit()
+def _write_held(session: Session, claim: ChunkClaim, values: dict[str, Any], progress: int) -> None:
+    """Update the held chunk and count `progress` more images on its evaluation, or raise LostClaim."""
+    # Chunk row first, then the evaluation row: every writer takes the locks in this order.
+    chunk = session.execute(update(EvaluationChunk).where(*_held(claim)).values(**values))
+    if chunk.rowcount == 1:
+        evaluation = session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == claim.evaluation_id, Evaluation.status == "running",
+                   Evaluation.cancel_requested.is_(False))
+            .values(progress_done=Evaluation.progress_done + progress, heartbeat_at=values["heartbeat_at"])
+        )
+        if evaluation.rowcount == 1:
+            return
+    session.rollback()
+    status = session.execute(
+        select(Evaluation.status).where(Evaluation.id == claim.evaluation_id)
+    ).scalar_one_or_none()
+    raise LostClaim(f"the evaluation is {status}" if status in TERMINAL
+                    else "the chunk was taken over by another worker")
+
+
+def heartbeat_chunk(session: Session, claim: ChunkClaim) -> bool:
+    """Show that the chunk's worker is alive; False once the claim is lost."""
+    result = session.execute(update(EvaluationChunk).where(*_held(claim)).values(heartbeat_at=utcnow()))
     return result.rowcount == 1
+
+
+def complete_chunk(
+    session: Session, claim: ChunkClaim, tally: dict[str, Any], high_water: int, total: int,
+    stop: int,
+) -> list[dict[str, Any]] | None:
+    """Mark the chunk done with its tally; if it was the last one, every chunk's tally in order.
+
+    Raises LostClaim if the chunk no longer belongs to this worker. The caller
+    finishes the evaluation in the same transaction when tallies come back.
+    """
+    now = utcnow()
+    values = {"status": "done", "tally": tally, "done": total, "position": stop, "finished_at": now,
+              "heartbeat_at": now}
+    # The evaluation row is written inside: concurrent finishers of one evaluation queue up
+    # behind its lock, so the last one sees every other chunk done.
+    _write_held(session, claim, values, max(0, total - high_water))
+    remaining = session.execute(
+        select(func.count()).select_from(EvaluationChunk).where(
+            EvaluationChunk.evaluation_id == claim.evaluation_id, EvaluationChunk.status != "done"
+        )
+    ).scalar_one()
+    if remaining:
+        return None
+    return list(session.execute(
+        select(EvaluationChunk.tally).where(EvaluationChunk.evaluation_id == claim.evaluation_id)
+        .order_by(EvaluationChunk.index)
+    ).scalars())
 
 
 def finish_evaluation(
     session: Session,
-    claim: Claim,
+    evaluation_id: str,
     summary: dict[str, Any],
     shifts: list[dict[str, Any]],
     classes: list[dict[str, Any]],
     examples: list[dict[str, Any]],
 ) -> bool:
-    """Record the results and mark the evaluation succeeded, once; False if the claim was lost."""
+    """Record the results and mark the evaluation succeeded, once; False if it is no longer running."""
     result = session.execute(
         update(Evaluation)
-        .where(*_held(claim))
+        .where(Evaluation.id == evaluation_id, Evaluation.status == "running")
         .values(
             status="succeeded",
             summary=summary,
@@ -134,7 +282,6 @@ def finish_evaluation(
     if result.rowcount != 1:
         session.rollback()
         return False
-    evaluation_id = claim.evaluation_id
     for table in (ShiftResult, ClassResult, ExampleResult):
         session.execute(delete(table).where(table.evaluation_id == evaluation_id))
     session.add_all(
@@ -160,35 +307,35 @@ def finish_evaluation(
     return True
 
 
-def fail_evaluation(
-    session: Session, evaluation_id: str, claim: Claim | None, error_type: str, detail: str
-) -> bool:
-    """Mark the evaluation failed with a message for the user (guarded by the claim if given)."""
-    conditions = _held(claim) if claim else [
-        Evaluation.id == evaluation_id, Evaluation.status.in_(("queued", "running"))
-    ]
+def fail_evaluation(session: Session, evaluation_id: str, error_type: str, detail: str) -> bool:
+    """Mark a queued or running evaluation failed with a message for the user, and stop its chunks."""
     result = session.execute(
         update(Evaluation)
-        .where(*conditions)
+        .where(Evaluation.id == evaluation_id, Evaluation.status.in_(ACTIVE))
         .values(status="failed", error_type=error_type, error_detail=detail, finished_at=utcnow(),
                 checkpoint=None)
     )
+    _stop_chunks(session, evaluation_id)
     return result.rowcount == 1
 
 
 def request_cancel(session: Session, evaluation: Evaluation) -> None:
-    """Cancel a queued evaluation at once; ask a running one's worker to stop."""
-    if evaluation.status == "queued":
-        session.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation.id, Evaluation.status == "queued")
-            .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
-        )
-    elif evaluation.status == "running":
-        session.execute(
-            update(Evaluation).where(Evaluation.id == evaluation.id).values(cancel_requested=True)
-        )
+    """Cancel a queued or running evaluation at once; its workers see it at their next write and stop."""
+    session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation.id, Evaluation.status.in_(ACTIVE))
+        .values(status="cancelled", cancel_requested=True, finished_at=utcnow(), checkpoint=None)
+    )
+    _stop_chunks(session, evaluation.id)
     session.refresh(evaluation)
+
+
+def _stop_chunks(session: Session, evaluation_id: str) -> None:
+    session.execute(
+        update(EvaluationChunk)
+        .where(EvaluationChunk.evaluation_id == evaluation_id, EvaluationChunk.status.in_(CHUNK_OPEN))
+        .values(status="stopped", finished_at=utcnow())
+    )
 
 
 def record_model_validation(
@@ -208,16 +355,77 @@ def record_model_validation(
     )
 
 
-def stale_evaluations(session: Session, cutoff: datetime) -> list[str]:
-    """Ids of evaluations queued or running with no sign of life since `cutoff`."""
-    rows = session.execute(
-        Evaluation.__table__.select()
-        .with_only_columns(Evaluation.id)
-        .where(
-            or_(
-                and_(Evaluation.status == "queued", Evaluation.created_at < cutoff),
-                and_(Evaluation.status == "running", Evaluation.heartbeat_at < cutoff),
-            )
+# --- What the reconciler asks -------------------------------------------------------------
+
+
+def requeue_stale_chunks(session: Session, cutoff: datetime, max_attempts: int) -> list[tuple[str, int]]:
+    """Put back in the queue the running chunks silent since `cutoff`; fail those out of attempts.
+
+    Returns the `(evaluation_id, index)` of the chunks to enqueue again.
+    """
+    stale = session.execute(
+        select(EvaluationChunk.evaluation_id, EvaluationChunk.index, EvaluationChunk.attempts)
+        .join(Evaluation, Evaluation.id == EvaluationChunk.evaluation_id)
+        .where(EvaluationChunk.status == "running", EvaluationChunk.heartbeat_at < cutoff,
+               Evaluation.status == "running")
+    ).all()
+    requeued = []
+    for evaluation_id, index, attempts in stale:
+        if attempts >= max_attempts:
+            chunk = session.get(EvaluationChunk, (evaluation_id, index))
+            _exhausted(session, evaluation_id, chunk)
+            continue
+        result = session.execute(
+            update(EvaluationChunk)
+            .where(EvaluationChunk.evaluation_id == evaluation_id, EvaluationChunk.index == index,
+                   EvaluationChunk.attempts == attempts, EvaluationChunk.status == "running",
+                   EvaluationChunk.heartbeat_at < cutoff)
+            .values(status="queued", enqueued_at=utcnow())
         )
+        if result.rowcount == 1:
+            requeued.append((evaluation_id, index))
+    return requeued
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Work that waits for a queue message: how much in all, and what has waited past the cutoff."""
+
+    count: int
+    evaluations: list[str]
+    chunks: list[tuple[str, int]]
+    models: list[str]
+
+
+def waiting_work(session: Session, cutoff: datetime) -> Waiting:
+    """Unplanned queued evaluations, queued chunks and models being validated."""
+    unplanned = (
+        select(Evaluation.id, Evaluation.created_at)
+        .where(Evaluation.status == "queued", Evaluation.cancel_requested.is_(False),
+               ~exists().where(EvaluationChunk.evaluation_id == Evaluation.id))
     )
-    return [row[0] for row in rows]
+    evaluations = session.execute(unplanned).all()
+    chunks = session.execute(
+        select(EvaluationChunk.evaluation_id, EvaluationChunk.index, EvaluationChunk.enqueued_at)
+        .where(EvaluationChunk.status == "queued")
+        .order_by(EvaluationChunk.enqueued_at)
+    ).all()
+    models = session.execute(select(Model.id, Model.created_at).where(Model.status == "validating")).all()
+    return Waiting(
+        count=len(evaluations) + len(chunks) + len(models),
+        evaluations=[row.id for row in evaluations if _before(row.created_at, cutoff)],
+        chunks=[(row.evaluation_id, row.index) for row in chunks if _before(row.enqueued_at, cutoff)],
+        models=[row.id for row in models if _before(row.created_at, cutoff)],
+    )
+
+
+def mark_enqueued(session: Session, chunks: list[tuple[str, int]]) -> None:
+    """Note when queued chunks were last put on the queue."""
+    now = utcnow()
+    for evaluation_id, index in chunks:
+        session.execute(
+            update(EvaluationChunk)
+            .where(EvaluationChunk.evaluation_id == evaluation_id, EvaluationChunk.index == index,
+                   EvaluationChunk.status == "queued")
+            .values(enqueued_at=now)
+        )

@@ -139,6 +139,39 @@ class Evaluation(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Webhook: POSTed at least once when the evaluation ends (db/webhooks.py).
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class EvaluationChunk(Base):
+    """A slice `[start, stop)` of an evaluation's samples that one worker sweeps at a time.
+
+    `done` is the high-water mark of images swept (so a retry never counts twice);
+    `position` and `tally` are the checkpoint a retry resumes from, and the result once done.
+    """
+
+    __tablename__ = "evaluation_chunks"
+    __table_args__ = (Index("ix_evaluation_chunks_status", "status"),)
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start: Mapped[int] = mapped_column(Integer)
+    stop: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(Integer)
+    tally: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ShiftResult(Base):
@@ -176,3 +209,39 @@ class ExampleResult(Base):
     worst_dx: Mapped[float] = mapped_column(Float)
     worst_dy: Mapped[float] = mapped_column(Float)
     flips: Mapped[int] = mapped_column(Integer)
+
+
+class LayerResult(Base):
+    """One layer of a layer profile under one grid shift (SPEC §3)."""
+
+    __tablename__ = "layer_results"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    layer_position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shift_position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(100))
+    shape: Mapped[list[Any]] = mapped_column()
+    factor: Mapped[int | None] = mapped_column(Integer)
+    dx: Mapped[float] = mapped_column(Float)
+    dy: Mapped[float] = mapped_column(Float)
+    equivariance_error: Mapped[float | None] = mapped_column(Float)
+    invariance_error: Mapped[float | None] = mapped_column(Float)
+
+
+class SegmentationResult(Base):
+    """A segmentation sweep under one grid shift: pixel counts and SPEC §3's errors."""
+
+    __tablename__ = "segmentation_results"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dx: Mapped[float] = mapped_column(Float)
+    dy: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    pixels: Mapped[int] = mapped_column(BigInteger)
+    correct: Mapped[int] = mapped_column(BigInteger)
+    cells: Mapped[int] = mapped_column(BigInteger)
+    agreed: Mapped[int] = mapped_column(BigInteger)
+    equivariance_error: Mapped[float | None] = mapped_column(Float)
+    miou: Mapped[float | None] = mapped_column(Float)

@@ -60,6 +60,11 @@ class Settings:
     task_hard_time_limit: int = 3660
     max_attempts: int = 3
     progress_interval_s: float = 0.5
+    # A sweep is split into chunks of at least this many images (samples x shifts) that
+    # any worker can run; fewer, bigger chunks keep the per-task overhead small.
+    chunk_images: int = 20_000
+    # A running chunk whose heartbeat is older than this is taken to have lost its worker.
+    stale_after_s: float = 60.0
 
     @property
     def embedded_database(self) -> bool:
@@ -107,6 +112,8 @@ class Settings:
             task_hard_time_limit=hard,
             max_attempts=_int(env, "SHIFTSCORE_MAX_ATTEMPTS", 3, 1),
             progress_interval_s=_float(env, "SHIFTSCORE_PROGRESS_INTERVAL", 0.5),
+            chunk_images=_int(env, "SHIFTSCORE_CHUNK_IMAGES", 20_000, 1),
+            stale_after_s=_float(env, "SHIFTSCORE_STALE_AFTER", 60.0, 0.5),
         )
 
 

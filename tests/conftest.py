@@ -47,6 +47,7 @@ def pg_stack(tmp_path_factory) -> Iterator[Stack]:
         stack.migrate()
         stack.start_api()
         stack.start_worker()
+        stack.start_scheduler()
         yield stack
     finally:
         stack.stop()

@@ -66,6 +66,7 @@ class Stack:
     log_dir: Path
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
+    scheduler: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -105,6 +106,10 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def start_scheduler(self) -> subprocess.Popen:
+        self.scheduler = self._spawn("scheduler", "scheduler")
+        return self.scheduler
+
     def stop_api(self) -> None:
         if self.api is not None:
             _stop(self.api)
@@ -120,13 +125,61 @@ class Stack:
         for worker in list(self.workers):
             _stop(worker)
         self.workers.clear()
+        if self.scheduler is not None:
+            _stop(self.scheduler)
+            self.scheduler = None
         self.stop_api()
 
     def token(self, tenant: str) -> str:
         return self.cli("token", "create", tenant).stdout.strip()
 
+    def sql(self, query: str, *params: Any) -> list[tuple]:
+        """Rows of a query on the stack's PostgreSQL database (to observe, never to steer)."""
+        url = self.env["SHIFTSCORE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def worker_running(self, pid: int) -> subprocess.Popen:
+        """The started worker whose pool child has process id `pid`."""
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return next(w for w in self.workers if w.pid in (pid, parent))
+
     def session(self, tenant: str) -> "ApiSession":
         return ApiSession(self.url, self.token(tenant))
+
+
+@dataclass
+class RedisServer:
+    """A throwaway redis-server on its own port, without persistence, that a test may kill and restart."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not come up on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: everything it held (queued and unacknowledged messages) is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
 
 
 def _stop(process: subprocess.Popen) -> None:

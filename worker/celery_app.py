@@ -10,10 +10,14 @@ from worker.broker import celery_broker_url
 QUEUE = "shiftscore"
 RUN_EVALUATION = "shiftscore.run_evaluation"
 VALIDATE_MODEL = "shiftscore.validate_model"
+RUN_CHUNK = "shiftscore.run_chunk"
+RECONCILE = "shiftscore.reconcile"
+DELIVER_WEBHOOKS = "shiftscore.deliver_webhooks"
 
-# Periodic tasks run by `shiftscore scheduler` (Celery beat): task name -> seconds between runs.
-# Each is a thin task in worker/tasks.py that calls domain code.
-PERIODIC: dict[str, float] = {}
+# Periodic tasks: task name -> seconds between runs. Each is a thin task in worker/tasks.py
+# that calls domain code; `shiftscore scheduler` runs them in its own process (worker/scheduler.py).
+# The reconciler's pass is a few indexed queries; how soon it acts is SHIFTSCORE_STALE_AFTER.
+PERIODIC: dict[str, float] = {DELIVER_WEBHOOKS: 1.0, RECONCILE: 2.0}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -34,7 +38,6 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        beat_schedule={name: {"task": name, "schedule": seconds} for name, seconds in PERIODIC.items()},
     )
     return app
 

@@ -1,12 +1,14 @@
-"""Run one evaluation: claim it, load its model and data, sweep, record. No Celery here."""
+"""Run an evaluation in chunks: plan, claim, load, sweep, record; the last chunk merges. No Celery here."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,14 @@ from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 from db.session import session_scope
 from shiftscore.settings import Settings, get_settings
+from worker.chunking import chunk_bounds
 from worker.engine.grid import build_grid
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.sweep import SweepError, SweepPlan, run_sweep, sample_indices
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, load_model, validate_model
+from worker import profiles
+from worker.queue import enqueue_chunk
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +37,14 @@ _models: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a sweep needs, read from the database before the long work starts."""
+    """Everything a chunk's sweep needs, read from the database before the long work starts."""
 
-    claim: jobs.Claim
+    claimed: jobs.ClaimedChunk
     request: dict[str, Any]
     model: dict[str, Any]
     model_path: Path
     images_path: Path
     targets_path: Path
-    checkpoint: dict[str, Any] | None
 
 
 def pick_device(setting: str) -> torch.device:
@@ -84,27 +88,6 @@ def loaded_model(fields: dict[str, Any], path: Path, device: torch.device) -> An
     return model
 
 
-def _claim(evaluation_id: str, worker: str, settings: Settings) -> Job | None:
-    stale_after = timedelta(seconds=max(60.0, 20 * settings.progress_interval_s))
-    with session_scope() as session:
-        claim = jobs.claim_evaluation(session, evaluation_id, worker, stale_after, settings.max_attempts)
-        if claim is None:
-            return None
-        evaluation = session.get(Evaluation, evaluation_id)
-        model = session.get(Model, evaluation.model_id)
-        dataset = session.get(Dataset, evaluation.dataset_id)
-        cache = _cache_dir(settings)
-        return Job(
-            claim=claim,
-            request=evaluation.request,
-            model=_model_fields(model),
-            model_path=blob_path(session, model.sha256, cache),
-            images_path=blob_path(session, dataset.images_blob, cache),
-            targets_path=blob_path(session, dataset.targets_blob, cache),
-            checkpoint=evaluation.checkpoint,
-        )
-
-
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
     """The engine's plan for a stored evaluation request and the model's declared input."""
     return SweepPlan(
@@ -118,83 +101,177 @@ def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
 
 
 class _Reporter:
-    """Writes progress at most every `interval` seconds, and a checkpoint after each chunk."""
+    """Writes a chunk's progress at most every `interval` seconds, and checkpoints as often."""
 
-    def __init__(self, claim: jobs.Claim, total: int, interval: float) -> None:
-        self.claim, self.total, self.interval = claim, total, interval
-        self.done = 0
-        self.last = 0.0
+    def __init__(self, claimed: jobs.ClaimedChunk, interval: float) -> None:
+        self.claimed, self.interval = claimed, interval
+        self.high_water = claimed.done
+        self.done = (claimed.position - claimed.start) * (claimed.total // max(1, claimed.stop - claimed.start))
+        self.last_progress = self.last_checkpoint = time.monotonic()
 
     def progress(self, done: int) -> None:
         self.done = done
-        if time.monotonic() - self.last >= self.interval:
+        if time.monotonic() - self.last_progress >= self.interval:
             self._write(None)
 
     def chunk(self, tally: Tally, next_start: int) -> None:
-        self._write({"start": next_start, "tally": tally.to_json()})
+        if time.monotonic() - self.last_checkpoint >= self.interval:
+            self._write((self.claimed.start + next_start, tally.to_json()))
+            self.last_checkpoint = time.monotonic()
 
-    def _write(self, checkpoint: dict[str, Any] | None) -> None:
+    def _write(self, checkpoint: tuple[int, dict[str, Any]] | None) -> None:
         with session_scope() as session:
-            jobs.record_progress(session, self.claim, self.done, self.total, checkpoint)
-        self.last = time.monotonic()
+            self.high_water = jobs.record_chunk_progress(
+                session, self.claimed.claim, self.done, self.high_water, checkpoint
+            )
+        self.last_progress = time.monotonic()
+
+
+class _Heartbeat:
+    """Marks the chunk alive from a side thread, so a long forward batch never looks like a dead worker."""
+
+    def __init__(self, claim: jobs.ChunkClaim, every: float) -> None:
+        self.claim, self.every = claim, every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="chunk-heartbeat", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                with session_scope() as session:
+                    if not jobs.heartbeat_chunk(session, self.claim):
+                        return
+            except Exception:  # noqa: BLE001 — a missed beat is retried; the sweep goes on
+                log.warning("heartbeat of %s failed", self.claim, exc_info=True)
 
 
 def run_evaluation(
     evaluation_id: str, worker: str, time_limit_errors: tuple[type[BaseException], ...] = ()
 ) -> None:
-    """Claim the evaluation and sweep it to a terminal status; return quietly if not ours.
+    """Split a queued evaluation into chunks, queue all but the first for any worker, sweep the first here.
 
     `time_limit_errors` are the exceptions the task runner raises when time is up.
     """
     settings = get_settings()
-    job = _claim(evaluation_id, worker, settings)
+    split = partial(chunk_bounds, chunk_images=settings.chunk_images)
+    with session_scope() as session:
+        planned = jobs.plan_chunks(session, evaluation_id, split)
+    if not planned:
+        return
+    for index in planned[1:]:
+        try:
+            enqueue_chunk(evaluation_id, index)
+        except Exception:  # noqa: BLE001 — the chunks are committed; the reconciler sends them later
+            log.exception("could not enqueue the chunks of %s from %d on; the reconciler will", evaluation_id, index)
+            break
+    run_chunk(evaluation_id, planned[0], worker, time_limit_errors)
+
+
+def run_chunk(
+    evaluation_id: str, index: int, worker: str, time_limit_errors: tuple[type[BaseException], ...] = ()
+) -> None:
+    """Claim one chunk and sweep it; the last chunk to finish records the evaluation's result."""
+    settings = get_settings()
+    job = _claim(evaluation_id, index, worker, settings)
     if job is None:
         return
     try:
-        _sweep(job, settings)
+        with _Heartbeat(job.claimed.claim, max(0.1, settings.stale_after_s / 4)):
+            _sweep(job, settings)
     except jobs.LostClaim as exc:
-        log.info("evaluation %s stopped: %s", evaluation_id, exc)
+        log.info("chunk %d of evaluation %s stopped: %s", index, evaluation_id, exc)
     except (SweepError, ModelLoadError) as exc:
-        _fail(job, "sweep_error", str(exc))
+        _fail(evaluation_id, "sweep_error", str(exc))
     except time_limit_errors:
-        _fail(job, "time_limit", (
-            f"the sweep ran past its time limit of {settings.task_soft_time_limit} s; "
-            "use max_samples or a smaller grid, or raise SHIFTSCORE_TASK_SOFT_TIME_LIMIT"
+        _fail(evaluation_id, "time_limit", (
+            f"the sweep ran past its time limit of {settings.task_soft_time_limit} s per part "
+            f"(a part is at least {settings.chunk_images} images); use max_samples or a smaller "
+            "grid, or raise SHIFTSCORE_TASK_SOFT_TIME_LIMIT"
         ))
     except Exception as exc:  # noqa: BLE001 — a job must end in a status, never vanish
-        log.exception("evaluation %s crashed", evaluation_id)
-        _fail(job, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
+        log.exception("chunk %d of evaluation %s crashed", index, evaluation_id)
+        _fail(evaluation_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _fail(job: Job, error_type: str, detail: str) -> None:
+def _claim(evaluation_id: str, index: int, worker: str, settings: Settings) -> Job | None:
+    stale_after = timedelta(seconds=settings.stale_after_s)
     with session_scope() as session:
-        jobs.fail_evaluation(session, job.claim.evaluation_id, job.claim, error_type, detail)
+        claimed = jobs.claim_chunk(session, evaluation_id, index, worker, stale_after, settings.max_attempts)
+        if claimed is None:
+            return None
+        evaluation = session.get(Evaluation, evaluation_id)
+        model = session.get(Model, evaluation.model_id)
+        dataset = session.get(Dataset, evaluation.dataset_id)
+        cache = _cache_dir(settings)
+        return Job(
+            claimed=claimed,
+            request=evaluation.request,
+            model=_model_fields(model),
+            model_path=blob_path(session, model.sha256, cache),
+            images_path=blob_path(session, dataset.images_blob, cache),
+            targets_path=blob_path(session, dataset.targets_blob, cache),
+        )
+
+
+def _fail(evaluation_id: str, error_type: str, detail: str) -> None:
+    with session_scope() as session:
+        jobs.fail_evaluation(session, evaluation_id, error_type, detail)
 
 
 def _sweep(job: Job, settings: Settings) -> None:
+    claimed = job.claimed
     device = pick_device(settings.device)
     model = loaded_model(job.model, job.model_path, device)
     images = np.load(job.images_path, mmap_mode="r")
     labels = np.load(job.targets_path)
     plan = plan_for(job.request, job.model["input"])
     indices = sample_indices(len(labels), job.request.get("max_samples"), job.request.get("seed", 0))
-    reporter = _Reporter(job.claim, len(indices) * plan.images_per_sample(), settings.progress_interval_s)
-    tally, start = None, 0
-    if job.checkpoint:
-        tally, start = Tally.from_json(job.checkpoint["tally"]), job.checkpoint["start"]
-        reporter.done = start * plan.images_per_sample()
-    reporter.progress(reporter.done)
-    tally = run_sweep(
-        model, images, labels, indices, plan,
-        batch_size=settings.batch_size, device=device, tally=tally, start=start,
-        on_progress=reporter.progress, on_chunk=reporter.chunk,
-    )
-    grid = plan.grid
-    with session_scope() as session:
-        jobs.finish_evaluation(
-            session, job.claim, summary(tally, grid), shift_rows(tally, grid),
-            class_rows(tally, grid), tally.examples,
+    reporter = _Reporter(claimed, settings.progress_interval_s)
+    if job.model["task"] == "segmentation":
+        profiles.sweep_segmentation_chunk(
+            claimed, job.request, model, images, labels, indices, plan, settings.batch_size, device,
+            (reporter.progress, reporter.chunk, lambda: reporter.high_water),
         )
+        return
+    tally = Tally.from_json(claimed.tally) if claimed.tally else None
+    tally = run_sweep(
+        model, images, labels, indices[claimed.start : claimed.stop], plan,
+        batch_size=settings.batch_size, device=device, tally=tally,
+        start=claimed.position - claimed.start, on_progress=reporter.progress, on_chunk=reporter.chunk,
+    )
+    chunk_tally = profiles.with_layer_profile(
+        tally.to_json(), job.request, model, images, indices[claimed.start : claimed.stop], plan,
+        settings.batch_size, device,
+    )
+    with session_scope() as session:
+        tallies = jobs.complete_chunk(
+            session, claimed.claim, chunk_tally, reporter.high_water, claimed.total, claimed.stop
+        )
+        if tallies is None:
+            return
+        merged = merge_tallies(tallies)
+        grid = plan.grid
+        if jobs.finish_evaluation(
+            session, claimed.claim.evaluation_id, summary(merged, grid), shift_rows(merged, grid),
+            class_rows(merged, grid), merged.examples,
+        ):
+            profiles.record_layers(session, claimed.claim.evaluation_id, tallies, grid)
+
+
+def merge_tallies(tallies: list[dict[str, Any]]) -> Tally:
+    """One tally from the chunks' tallies (integer counts: the order cannot change the sum)."""
+    merged = Tally.from_json(tallies[0])
+    for data in tallies[1:]:
+        merged.merge(Tally.from_json(data))
+    return merged
 
 
 def validate_uploaded_model(model_id: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.celery_app import RUN_EVALUATION, VALIDATE_MODEL, get_celery
+from worker.celery_app import QUEUE, RUN_CHUNK, RUN_EVALUATION, VALIDATE_MODEL, get_celery
 
 
 def enqueue_evaluation(evaluation_id: str) -> None:
@@ -13,3 +13,20 @@ def enqueue_evaluation(evaluation_id: str) -> None:
 def enqueue_model_validation(model_id: str) -> None:
     """Queue the load-and-check of an uploaded model."""
     get_celery().send_task(VALIDATE_MODEL, args=[model_id], task_id=f"validate-{model_id}")
+
+
+def enqueue_chunk(evaluation_id: str, index: int) -> None:
+    """Queue one chunk of a planned sweep, for whichever worker is free."""
+    get_celery().send_task(RUN_CHUNK, args=[evaluation_id, index], task_id=f"{evaluation_id}.{index}")
+
+
+def queue_depth() -> int:
+    """Messages waiting in the work queue (not counting those a worker holds)."""
+    app = get_celery()
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        # Declared again first: a broker restarted without persistence has forgotten the
+        # queue's routing, and nothing sent to it would arrive.
+        queue = app.amqp.queues[QUEUE].bind(channel)
+        queue.declare()
+        return queue.queue_declare().message_count

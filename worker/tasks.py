@@ -10,7 +10,14 @@ from celery.signals import worker_process_init
 
 from db.session import dispose_engine
 from shiftscore.settings import get_settings
-from worker.celery_app import RUN_EVALUATION, VALIDATE_MODEL, get_celery
+from worker.celery_app import (
+    DELIVER_WEBHOOKS,
+    RECONCILE,
+    RUN_CHUNK,
+    RUN_EVALUATION,
+    VALIDATE_MODEL,
+    get_celery,
+)
 
 app = get_celery()
 
@@ -36,8 +43,29 @@ def run_evaluation(evaluation_id: str) -> None:
     evaluations.run_evaluation(evaluation_id, _worker_name(), (SoftTimeLimitExceeded,))
 
 
+@app.task(name=RUN_CHUNK)
+def run_chunk(evaluation_id: str, index: int) -> None:
+    from worker import evaluations
+
+    evaluations.run_chunk(evaluation_id, index, _worker_name(), (SoftTimeLimitExceeded,))
+
+
+@app.task(name=RECONCILE)
+def reconcile() -> None:
+    from worker import reconciler
+
+    reconciler.reconcile()
+
+
 @app.task(name=VALIDATE_MODEL)
 def validate_model(model_id: str) -> None:
     from worker import evaluations
 
     evaluations.validate_uploaded_model(model_id)
+
+
+@app.task(name=DELIVER_WEBHOOKS)
+def deliver_webhooks() -> int:
+    from worker.webhooks import deliver_due_webhooks
+
+    return deliver_due_webhooks()

@@ -15,6 +15,7 @@ from api.errors import Conflict, NotFound, Unprocessable
 from api.pagination import paginate
 from api.schemas import EvaluationCreate, EvaluationFilter
 from api.services.datasets import get_dataset
+from api.services.layers import check_layers_request, check_task, is_segmentation, segmentation_shift_rows
 from api.services.models import get_model
 from db import jobs
 from db.models import ClassResult, Dataset, Evaluation, ExampleResult, Model, ShiftResult
@@ -36,12 +37,8 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
                        "until its status is 'ready', then submit again")
     if model.status == "invalid":
         raise Unprocessable(f"model '{model.id}' is invalid and cannot be evaluated: {model.error}")
-    if body.layers is not None:
-        raise Unprocessable("layer profiles ('layers') are not available yet")
-    if body.webhook_url is not None:
-        raise Unprocessable("webhooks ('webhook_url') are not available yet; poll the evaluation instead")
-    if model.task != "classification" or dataset.task != "classification":
-        raise Unprocessable("only classification sweeps are available yet")
+    check_layers_request(body.layers, model)
+    check_task(model, dataset)
     spec = model.input_spec
     if dataset.channels != spec["channels"]:
         raise Unprocessable(
@@ -69,6 +66,8 @@ def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
     request = body.model_dump(exclude={"layers", "webhook_url"})
     request["dataset_id"] = dataset.id
     request["shifts"] = body.shifts.model_dump()
+    if body.layers:
+        request["layers"] = body.layers
     return request
 
 
@@ -99,6 +98,7 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             request_sha256=request_sha,
             status="queued",
             progress_total=num_samples * _images_per_sample(grid),
+            webhook_url=body.webhook_url,
         )
         session.add(evaluation)
         try:
@@ -161,7 +161,9 @@ def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluati
 
 def shift_results(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
     """Per-shift rows in grid order."""
-    _succeeded(session, tenant_id, evaluation_id)
+    evaluation = _succeeded(session, tenant_id, evaluation_id)
+    if is_segmentation(evaluation):
+        return segmentation_shift_rows(session, evaluation_id)
     rows = session.execute(
         select(ShiftResult).where(ShiftResult.evaluation_id == evaluation_id).order_by(ShiftResult.position)
     ).scalars()

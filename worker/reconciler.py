@@ -1,0 +1,57 @@
+"""The periodic reconciler: the database is the truth, the queue only carries work.
+
+It puts back chunks whose worker went silent (killed, lost its host) and
+re-sends messages the broker lost (a Redis restart, an enqueue that failed while
+the broker was down). Torch-free: it runs in the scheduler process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from db import jobs
+from db.models import utcnow
+from db.session import session_scope
+from shiftscore.settings import Settings, get_settings
+from worker.queue import enqueue_chunk, enqueue_evaluation, enqueue_model_validation, queue_depth
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What one pass did."""
+
+    stale_chunks: int
+    resent: int
+
+
+def reconcile(settings: Settings | None = None) -> Reconciled:
+    """Re-enqueue stale chunks, and re-send waiting work when the broker holds fewer messages than rows."""
+    settings = settings or get_settings()
+    cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
+    with session_scope() as session:
+        stale = jobs.requeue_stale_chunks(session, cutoff, settings.max_attempts)
+    for evaluation_id, index in stale:
+        enqueue_chunk(evaluation_id, index)
+    with session_scope() as session:
+        waiting = jobs.waiting_work(session, cutoff)
+    resent = 0
+    # Every waiting row should have a message in the queue; fewer messages than rows means
+    # some were lost. Which ones is unknown, so everything that waited long is sent again:
+    # a duplicate is harmless, since a worker claims with a conditional update.
+    if waiting.count and queue_depth() < waiting.count:
+        for evaluation_id in waiting.evaluations:
+            enqueue_evaluation(evaluation_id)
+        for evaluation_id, index in waiting.chunks:
+            enqueue_chunk(evaluation_id, index)
+        for model_id in waiting.models:
+            enqueue_model_validation(model_id)
+        with session_scope() as session:
+            jobs.mark_enqueued(session, waiting.chunks)
+        resent = len(waiting.evaluations) + len(waiting.chunks) + len(waiting.models)
+    if stale or resent:
+        log.warning("reconciler: re-enqueued %d stale chunk(s), re-sent %d lost message(s)", len(stale), resent)
+    return Reconciled(stale_chunks=len(stale), resent=resent)
