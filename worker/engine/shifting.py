@@ -10,7 +10,7 @@ mix of the four integer slices around it, which is what
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -90,15 +90,32 @@ def canvas_margin(max_abs: tuple[float, float]) -> tuple[int, int]:
     return (math.ceil(max_abs[0]), math.ceil(max_abs[1]))
 
 
-def to_float(images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_float(images_uint8: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """uint8 N×H×W×C (or N×H×W) → float32 N×C×H×W in [0, 1]."""
+    device = torch.device(device)
     array = np.ascontiguousarray(images_uint8)
     if array.ndim == 3:
         array = array[..., None]
-    tensor = torch.from_numpy(array).to(device).permute(0, 3, 1, 2)
-    return tensor.to(torch.float32) / 255.0
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        # Pinned memory lets the copy run asynchronously; the bytes are uint8, a quarter of the floats.
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    else:
+        tensor = tensor.to(device)
+    # Plain NCHW, whatever the stored layout: the model sees the layout a user would feed it.
+    return tensor.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format) / 255.0
 
 
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Per-channel (x − mean) / std; mean and std are C×1×1 tensors."""
     return (batch - mean) / std
+
+
+def normalized_canvas(canvas: Canvas, mean: torch.Tensor, std: torch.Tensor) -> Canvas:
+    """The canvas normalized once: its integer views equal normalized integer views bit for bit.
+
+    Per-pixel arithmetic commutes with moving pixels, so one pass over the canvas
+    replaces one pass per shift. Sub-pixel views must not use it: SPEC §1 interpolates
+    before normalizing, and the rounding differs the other way round.
+    """
+    return replace(canvas, pixels=normalize(canvas.pixels, mean, std))
