@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,43 +10,19 @@ from pathlib import Path
 
 import psutil
 
-from tests.stack import (
-    Stack,
-    claim_redis_db,
-    create_pg_database,
-    drop_pg_database,
-    free_port,
-    release_redis_db,
-)
+from tests.stack import Stack, running_stack
 
 
 @contextmanager
 def real_stack(workers: int = 1, **overrides: str) -> Iterator[Stack]:
     """A fresh database and Redis db, the API under gunicorn and `workers` worker processes."""
     home = Path(tempfile.mkdtemp(prefix="shiftscore-bench-"))
-    database_url = create_pg_database()
-    broker_url = claim_redis_db()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIFTSCORE_")}
-    env.update({
-        "SHIFTSCORE_HOME": str(home),
-        "SHIFTSCORE_DATABASE_URL": database_url,
-        "SHIFTSCORE_BROKER_URL": broker_url,
-        "SHIFTSCORE_DEVICE": "cpu",
-        "SHIFTSCORE_TORCH_THREADS": "1",
-        "SHIFTSCORE_BATCH_SIZE": "256",
-        **overrides,
-    })
-    stack = Stack(env=env, port=free_port(), log_dir=home)
+    settings = {"SHIFTSCORE_DEVICE": "cpu", "SHIFTSCORE_TORCH_THREADS": "1", "SHIFTSCORE_BATCH_SIZE": "256",
+                "SHIFTSCORE_PROGRESS_INTERVAL": "0.5", **overrides}
     try:
-        stack.migrate()
-        stack.start_api()
-        for _ in range(workers):
-            stack.start_worker()
-        yield stack
+        with running_stack(home, workers=workers, scheduler=False, **settings) as stack:
+            yield stack
     finally:
-        stack.stop()
-        drop_pg_database(database_url)
-        release_redis_db(broker_url)
         shutil.rmtree(home, ignore_errors=True)
 
 

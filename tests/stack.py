@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,3 +241,44 @@ class ApiSession(requests.Session):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{path} still {body.get('status')} after {timeout} s: {body}")
             time.sleep(0.1)
+
+
+def stack_env(home: Path, **overrides: str) -> dict[str, str]:
+    """This process's environment without SHIFTSCORE_*, plus the test defaults and `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIFTSCORE_")}
+    env.update({
+        "SHIFTSCORE_HOME": str(home),
+        "SHIFTSCORE_PROGRESS_INTERVAL": "0.1",
+        "SHIFTSCORE_BATCH_SIZE": "128",
+    })
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def running_stack(
+    home: Path, *, workers: int = 1, scheduler: bool = True, broker_url: str | None = None, **overrides: str
+) -> Iterator[Stack]:
+    """A fresh PostgreSQL database and Redis db (or `broker_url`), migrated, with the API,
+    `workers` worker processes and the scheduler running; all torn down afterwards."""
+    database_url = create_pg_database()
+    own_broker = broker_url is None
+    broker_url = broker_url or claim_redis_db()
+    stack = Stack(
+        env=stack_env(home, SHIFTSCORE_DATABASE_URL=database_url, SHIFTSCORE_BROKER_URL=broker_url, **overrides),
+        port=free_port(),
+        log_dir=home,
+    )
+    try:
+        stack.migrate()
+        stack.start_api()
+        for _ in range(workers):
+            stack.start_worker()
+        if scheduler:
+            stack.start_scheduler()
+        yield stack
+    finally:
+        stack.stop()
+        drop_pg_database(database_url)
+        if own_broker:
+            release_redis_db(broker_url)

@@ -20,13 +20,18 @@ from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 from db.session import session_scope
 from shiftscore.settings import Settings, get_settings
+from worker import profiles
 from worker.chunking import chunk_bounds
 from worker.engine.grid import build_grid
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.sweep import SweepError, SweepPlan, run_sweep, sample_indices
 from worker.engine.tally import Tally
-from worker.model_loading import ModelLoadError, count_parameters, load_model, validate_model
-from worker import profiles
+from worker.model_loading import (
+    ModelLoadError,
+    count_parameters,
+    load_model,
+    validate_model,
+)
 from worker.queue import enqueue_chunk
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,9 @@ import requests
 import torch
 from torch import nn
 
-from tests.conftest import stack_env
 from tests.integration.test_end_to_end import reference_for
 from tests.models import DIGITS_INPUT, save_torchscript, trained_digits_cnn
-from tests.stack import ApiSession, RedisServer, Stack, create_pg_database, drop_pg_database, free_port
+from tests.stack import ApiSession, RedisServer, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -58,28 +57,16 @@ def broker() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, broker) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("faults-stack")
-    database_url = create_pg_database()
-    stack = Stack(
-        env=stack_env(
-            home, SHIFTSCORE_DATABASE_URL=database_url, SHIFTSCORE_BROKER_URL=broker.url,
-            SHIFTSCORE_STALE_AFTER=str(STALE_AFTER_S), SHIFTSCORE_CHUNK_IMAGES="30000",
-            SHIFTSCORE_TASK_SOFT_TIME_LIMIT=str(SOFT_LIMIT_S),
-            SHIFTSCORE_TASK_HARD_TIME_LIMIT=str(SOFT_LIMIT_S + 4), SHIFTSCORE_MAX_ATTEMPTS="3",
-        ),
-        port=free_port(),
-        log_dir=home,
-    )
+    overrides = {
+        "SHIFTSCORE_STALE_AFTER": str(STALE_AFTER_S), "SHIFTSCORE_CHUNK_IMAGES": "30000",
+        "SHIFTSCORE_TASK_SOFT_TIME_LIMIT": str(SOFT_LIMIT_S),
+        "SHIFTSCORE_TASK_HARD_TIME_LIMIT": str(SOFT_LIMIT_S + 4), "SHIFTSCORE_MAX_ATTEMPTS": "3",
+    }
     try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
-        stack.start_worker()
-        stack.start_scheduler()
-        yield stack
+        with running_stack(tmp_path_factory.mktemp("faults-stack"), workers=2, broker_url=broker.url,
+                           **overrides) as stack:
+            yield stack
     finally:
-        stack.stop()
-        drop_pg_database(database_url)
         print("\nfault figures:\n" + json.dumps(FIGURES, indent=1))
 
 
