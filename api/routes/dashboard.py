@@ -6,9 +6,16 @@ them comes from a /v1 request that sends the token the user typed (kept in sessi
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, redirect, render_template
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+root = Blueprint("root", __name__)
+
+
+@root.get("/")
+def home():
+    """A person who opens the service's URL lands on the dashboard."""
+    return redirect("/dashboard/", code=302)
 
 
 @bp.get("/")

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import requests
 import pytest
 from PIL import Image
 
@@ -269,3 +270,8 @@ def test_dashboard_shows_another_tenant_nothing(pg_stack, evaluations, browser):
     wait_for(driver, lambda d: d.find_element(By.ID, "evaluation-error").is_displayed())
     assert "no evaluation" in driver.find_element(By.ID, "evaluation-error").text
     assert not driver.find_element(By.ID, "results").is_displayed()
+
+
+def test_the_service_root_leads_to_the_dashboard(pg_stack):
+    response = requests.get(pg_stack.url + "/", allow_redirects=False, timeout=5)
+    assert response.status_code == 302 and response.headers["Location"].endswith("/dashboard/")
