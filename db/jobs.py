@@ -274,7 +274,6 @@ def finish_evaluation(
             summary=summary,
             finished_at=utcnow(),
             progress_done=Evaluation.progress_total,
-            checkpoint=None,
             error_type=None,
             error_detail=None,
         )
@@ -312,8 +311,7 @@ def fail_evaluation(session: Session, evaluation_id: str, error_type: str, detai
     result = session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation_id, Evaluation.status.in_(ACTIVE))
-        .values(status="failed", error_type=error_type, error_detail=detail, finished_at=utcnow(),
-                checkpoint=None)
+        .values(status="failed", error_type=error_type, error_detail=detail, finished_at=utcnow())
     )
     _stop_chunks(session, evaluation_id)
     return result.rowcount == 1
@@ -324,7 +322,7 @@ def request_cancel(session: Session, evaluation: Evaluation) -> None:
     session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation.id, Evaluation.status.in_(ACTIVE))
-        .values(status="cancelled", cancel_requested=True, finished_at=utcnow(), checkpoint=None)
+        .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
     )
     _stop_chunks(session, evaluation.id)
     session.refresh(evaluation)
