@@ -1,0 +1,163 @@
+"""What the worker accepts back from a sandbox: checked shapes and types, bounded text.
+
+A caged model can put anything in its messages. The tallies it returns are
+rebuilt through the engine's own `from_json` only after every field has been
+checked here, so a malformed tally fails its evaluation with a clear message
+instead of crashing the worker or poisoning the merge of other chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from worker.engine.tally import MAX_EXAMPLES
+
+MAX_TEXT = 500
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class BadResult(ValueError):
+    """The sandbox returned data that is not a tally of the kind asked for."""
+
+
+def user_text(text: Any, limit: int = MAX_TEXT) -> str:
+    """Text from model code, made safe to show: no control characters, bounded length."""
+    cleaned = _CONTROL.sub(" ", str(text)).strip()
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadResult(f"{what} is not a count")
+    return value
+
+
+def _counts(values: Any, length: int, what: str) -> None:
+    if not isinstance(values, list) or len(values) != length:
+        raise BadResult(f"{what} does not have {length} entries")
+    for value in values:
+        _count(value, what)
+
+
+def _reals(values: Any, length: int, what: str) -> None:
+    if not isinstance(values, list) or len(values) != length:
+        raise BadResult(f"{what} does not have {length} entries")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadResult(f"{what} holds a value that is not a number")
+
+
+def _matrix(values: Any, rows: int, columns: int, what: str, integral: bool) -> None:
+    if not isinstance(values, list) or len(values) != rows:
+        raise BadResult(f"{what} does not have {rows} rows")
+    for row in values:
+        (_counts if integral else _reals)(row, columns, what)
+
+
+def check_classification(data: Any, num_shifts: int, num_samples: int) -> None:
+    """A classification Tally's JSON over `num_samples` samples and `num_shifts` grid shifts."""
+    if not isinstance(data, dict):
+        raise BadResult("the tally is not an object")
+    if data.get("num_shifts") != num_shifts:
+        raise BadResult("the tally is not over the requested grid")
+    n = _count(data.get("n"), "n")
+    if n != num_samples:
+        raise BadResult(f"the tally counts {n} samples, not {num_samples}")
+    for key in ("clean_correct", "worst_correct"):
+        if _count(data.get(key), key) > n:
+            raise BadResult(f"{key} exceeds the samples")
+    for key in ("consistency_squares", "flip_changes", "flip_pairs"):
+        _count(data.get(key), key)
+    _counts(data.get("shift_correct"), num_shifts, "shift_correct")
+    _counts(data.get("shift_agree"), num_shifts, "shift_agree")
+    classes = data.get("classes")
+    if not isinstance(classes, dict):
+        raise BadResult("classes is not an object")
+    for label, counts in classes.items():
+        if not label.isdigit() or not isinstance(counts, dict):
+            raise BadResult("classes holds a bad entry")
+        if set(counts) != {"n", "clean_correct", "shift_correct", "worst_correct"}:
+            raise BadResult("classes holds a bad entry")
+        for key, value in counts.items():
+            _count(value, f"classes.{key}")
+    _check_examples(data.get("examples"))
+
+
+def _check_examples(examples: Any) -> None:
+    if not isinstance(examples, list) or len(examples) > MAX_EXAMPLES:
+        raise BadResult("examples is not a bounded list")
+    for example in examples:
+        if not isinstance(example, dict):
+            raise BadResult("an example is not an object")
+        if set(example) != {"index", "label", "clean_prediction", "worst_prediction", "worst_shift", "flips"}:
+            raise BadResult("an example has unexpected fields")
+        for key in ("index", "label", "clean_prediction", "worst_prediction", "flips"):
+            _count(example[key], f"examples.{key}")
+        _reals(example["worst_shift"], 2, "examples.worst_shift")
+
+
+_SEGMENTATION_VECTORS = ("pixels", "correct", "cells", "agreed")
+_SEGMENTATION_MATRICES = ("hits", "predicted", "truth")
+
+
+def check_segmentation(data: Any, num_shifts: int, num_samples: int) -> None:
+    """A SegmentationTally's JSON."""
+    if not isinstance(data, dict) or data.get("num_shifts") != num_shifts:
+        raise BadResult("the tally is not over the requested grid")
+    if _count(data.get("n"), "n") != num_samples:
+        raise BadResult("the tally does not count the chunk's samples")
+    classes = _count(data.get("num_classes"), "num_classes")
+    factor = data.get("factor")
+    if factor is not None:
+        _count(factor, "factor")
+    for key in _SEGMENTATION_VECTORS:
+        _counts(data.get(key), num_shifts, key)
+    for key in ("eq_diff", "eq_ref"):
+        _reals(data.get(key), num_shifts, key)
+    for key in _SEGMENTATION_MATRICES:
+        _matrix(data.get(key), num_shifts, classes, key, integral=True)
+    clean = data.get("clean")
+    if not isinstance(clean, dict) or set(clean) != {"pixels", "correct", "hits", "predicted", "truth"}:
+        raise BadResult("the clean counts are malformed")
+    _count(clean["pixels"], "clean.pixels")
+    _count(clean["correct"], "clean.correct")
+    for key in ("hits", "predicted", "truth"):
+        _counts(clean[key], classes, f"clean.{key}")
+
+
+def check_layers(data: Any, num_shifts: int) -> None:
+    """A LayerTally's JSON."""
+    if not isinstance(data, dict) or data.get("num_shifts") != num_shifts:
+        raise BadResult("the layer profile is not over the requested grid")
+    names, kinds = data.get("names"), data.get("kinds")
+    if not isinstance(names, list) or not isinstance(kinds, list) or len(names) != len(kinds) or not names:
+        raise BadResult("the layer profile names no layers")
+    if not all(isinstance(item, str) and len(item) <= 300 for item in names + kinds):
+        raise BadResult("the layer profile has bad layer names")
+    _count(data.get("n"), "n")
+    shapes, factors = data.get("shapes"), data.get("factors")
+    if not isinstance(shapes, list) or not all(isinstance(s, list) for s in shapes):
+        raise BadResult("the layer shapes are malformed")
+    for shape in shapes:
+        _counts(shape, len(shape), "shapes")
+    if not isinstance(factors, list) or not all(f is None or _count(f, "factors") >= 0 for f in factors):
+        raise BadResult("the layer factors are malformed")
+    for key in ("eq_diff", "eq_ref", "inv_diff", "inv_ref"):
+        _matrix(data.get(key), len(names), num_shifts, key, integral=False)
+    _matrix(data.get("eq_cells"), len(names), num_shifts, "eq_cells", integral=True)
+
+
+def check_chunk_tally(data: Any, task: str, num_shifts: int, num_samples: int, layers: bool) -> None:
+    """The whole of a chunk's result; raises BadResult on the first problem."""
+    if not isinstance(data, dict):
+        raise BadResult("the result is not an object")
+    tally = {key: value for key, value in data.items() if key != "layers"}
+    if task == "segmentation":
+        check_segmentation(tally, num_shifts, num_samples)
+    else:
+        check_classification(tally, num_shifts, num_samples)
+    if layers:
+        check_layers(data.get("layers"), num_shifts)
+    elif "layers" in data:
+        raise BadResult("the result holds a layer profile nobody asked for")

@@ -1,0 +1,179 @@
+"""Inside the cage: the jobs a sandbox runs on its one model (load, validate, sweep a chunk).
+
+Plain torch and the engine; the worker outside gets only what `run` returns
+and the events passed to `send`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from worker.engine.grid import build_grid
+from worker.engine.layers import run_layer_profile
+from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
+from worker.engine.sweep import SweepError, SweepPlan, run_sweep, sample_indices
+from worker.engine.tally import Tally
+from worker.model_loading import ModelLoadError, count_parameters, load_model, validate_model
+
+Send = Callable[..., None]
+LAYERS = "layers"
+# Validation times a batch of this many images to set the sweep's per-batch deadline.
+TIMING_IMAGES = 32
+
+
+def pick_device(setting: str) -> torch.device:
+    """The device the settings ask for; `auto` takes CUDA when there is one."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
+    """The engine's plan for a stored evaluation request and the model's declared input."""
+    return SweepPlan(
+        grid=build_grid(request["shifts"]),
+        padding=request["padding"],
+        fill=float(request["fill"]),
+        mean=tuple(input_spec["mean"]),
+        std=tuple(input_spec["std"]),
+        input_hw=(input_spec["height"], input_spec["width"]),
+    )
+
+
+class Runner:
+    """One model, loaded once, and the jobs run on it."""
+
+    def __init__(self, setup: dict[str, Any], send: Send) -> None:
+        torch.set_num_threads(int(setup["threads"]))
+        self.send = send
+        self.device = pick_device(setup["device"])
+        self.fields: dict[str, Any] = setup["model"]
+        self.paths: dict[str, str] = setup["paths"]
+        self.model: Any = None
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Run one job and return its result."""
+        operations = {"load": self.load, "validate": self.validate, "sweep": self.sweep, "probe": probe}
+        return operations[job["op"]](job)
+
+    def load(self, job: dict[str, Any]) -> dict[str, Any]:
+        fields = self.fields
+        model = load_model(
+            fields["format"], self.paths["model"], architecture=fields["architecture"],
+            options=fields["options"], input_spec=fields["input"],
+        )
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device)
+        self.model = model
+        return {"num_parameters": count_parameters(model)}
+
+    def validate(self, job: dict[str, Any]) -> dict[str, Any]:
+        checked = validate_model(self.model, self.fields["input"], self.fields["task"])
+        return {**checked, "seconds_per_image": self._seconds_per_image(int(job["batch_size"]))}
+
+    def _seconds_per_image(self, batch_size: int) -> float:
+        """Time one forward batch of seeded noise (after a warm-up) at the declared input."""
+        spec = self.fields["input"]
+        count = max(1, min(batch_size, TIMING_IMAGES))
+        noise = torch.rand(count, spec["channels"], spec["height"], spec["width"],
+                           generator=torch.Generator().manual_seed(0)).to(self.device)
+        with torch.inference_mode():
+            self.model(noise)
+            started = time.perf_counter()
+            self.model(noise)
+        return (time.perf_counter() - started) / count
+
+    def sweep(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Sweep samples `[start, stop)` of the evaluation, resuming at `position` from `tally`."""
+        request, spec = job["request"], self.fields["input"]
+        images = np.load(self.paths["images"], mmap_mode="r")
+        targets = np.load(self.paths["targets"])
+        plan = plan_for(request, spec)
+        indices = sample_indices(len(targets), request.get("max_samples"), request.get("seed", 0))
+        rows = indices[job["start"] : job["stop"]]
+        checkpoints = _Checkpoints(self.send, float(job["checkpoint_every"]))
+        common = dict(
+            batch_size=int(job["batch_size"]), device=self.device,
+            start=job["position"] - job["start"], on_progress=self._progress, on_chunk=checkpoints,
+        )
+        if self.fields["task"] == "segmentation":
+            saved = SegmentationTally.from_json(job["tally"]) if job["tally"] else None
+            tally: Any = run_segmentation_sweep(self.model, images, targets, rows, plan, tally=saved, **common)
+        else:
+            saved = Tally.from_json(job["tally"]) if job["tally"] else None
+            tally = run_sweep(self.model, images, targets, rows, plan, tally=saved, **common)
+        chunk_tally = tally.to_json()
+        asked = request.get(LAYERS)
+        if asked:
+            names = None if asked is True else list(asked)
+            profile = run_layer_profile(
+                self.model, images, rows, plan, names, batch_size=int(job["batch_size"]),
+                device=self.device, on_progress=lambda _: self.send("alive"),
+            )
+            chunk_tally[LAYERS] = profile.to_json()
+        return {"tally": chunk_tally}
+
+    def _progress(self, done: int) -> None:
+        self.send("progress", done=int(done))
+
+
+def probe(job: dict[str, Any]) -> dict[str, Any]:
+    """What the cage lets through, for the worker's start-up check (each should be refused)."""
+    import os
+    import socket
+
+    def refused(action: Callable[[], Any]) -> bool:
+        try:
+            action()
+        except OSError:
+            return True
+        return False
+
+    return {
+        "socket": refused(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()),
+        "fork": refused(os.fork),
+        "environment": sorted(os.environ),
+        "tensor": float(torch.ones(2).sum()),
+    }
+
+
+class _Checkpoints:
+    """Sends the running tally at most every `every` seconds, so a retry resumes near here."""
+
+    def __init__(self, send: Send, every: float) -> None:
+        self.send, self.every = send, every
+        self.last = time.monotonic()
+
+    def __call__(self, tally: Any, next_start: int) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.send("checkpoint", next_start=int(next_start), tally=tally.to_json())
+            self.last = time.monotonic()
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator", "bad_alloc", "out of memory")
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether an allocation failure is behind `exc` (validation wraps the model's errors in its own)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, MemoryError) or any(marker in str(exc) for marker in _ALLOCATION_FAILURES):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def describe_failure(exc: BaseException) -> dict[str, str]:
+    """What went wrong, as the `error` event's fields; the worker bounds the text it keeps."""
+    if _out_of_memory(exc):
+        return {"kind": "memory", "message": str(exc)}
+    if isinstance(exc, ModelLoadError):
+        return {"kind": "model", "message": str(exc)}
+    if isinstance(exc, SweepError):
+        return {"kind": "sweep", "message": str(exc)}
+    return {"kind": "crash", "message": f"{type(exc).__name__}: {exc}"}
