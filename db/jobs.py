@@ -336,21 +336,87 @@ def _stop_chunks(session: Session, evaluation_id: str) -> None:
     )
 
 
-def record_model_validation(
-    session: Session, model_id: str, *, error: str | None, num_parameters: int | None,
-    num_outputs: int | None,
-) -> None:
-    """Mark an uploaded model ready, or invalid with the reason."""
+@dataclass(frozen=True)
+class ValidationClaim:
+    """A worker's hold on one model's validation."""
+
+    model_id: str
+    attempt: int
+
+
+def claim_validation(
+    session: Session, model_id: str, worker: str, stale_after: timedelta, max_attempts: int
+) -> ValidationClaim | None:
+    """Take a model's validation (or one whose worker went silent); None if it is not ours to run.
+
+    A model whose validation was started `max_attempts` times without finishing is
+    marked invalid instead: its worker died each time, so it must not come back again.
+    """
+    model = session.get(Model, model_id)
+    if model is None or model.status != "validating":
+        return None
+    now = utcnow()
+    cutoff = now - stale_after
+    if model.validation_heartbeat_at is not None and not _before(model.validation_heartbeat_at, cutoff):
+        return None
+    if model.validation_attempts >= max_attempts:
+        _invalid(session, model_id, model.validation_attempts, (
+            f"checking the model was started {model.validation_attempts} times and never finished "
+            "(its worker died or was killed each time); upload it again once the cause is fixed"
+        ))
+        return None
+    attempt = model.validation_attempts + 1
+    taken = session.execute(
+        update(Model)
+        .where(Model.id == model_id, Model.status == "validating",
+               Model.validation_attempts == model.validation_attempts)
+        .values(validation_attempts=attempt, validation_worker=worker, validation_heartbeat_at=now)
+    )
+    if taken.rowcount != 1:
+        session.rollback()
+        return None
+    return ValidationClaim(model_id, attempt)
+
+
+def _validation_held(claim: ValidationClaim) -> list[Any]:
+    return [Model.id == claim.model_id, Model.status == "validating",
+            Model.validation_attempts == claim.attempt]
+
+
+def _invalid(session: Session, model_id: str, attempts: int, error: str) -> None:
     session.execute(
         update(Model)
-        .where(Model.id == model_id, Model.status == "validating")
+        .where(Model.id == model_id, Model.status == "validating", Model.validation_attempts == attempts)
+        .values(status="invalid", error=error)
+    )
+
+
+def heartbeat_validation(session: Session, claim: ValidationClaim) -> bool:
+    """Show that the validating worker is alive; False once the claim is lost."""
+    result = session.execute(
+        update(Model).where(*_validation_held(claim)).values(validation_heartbeat_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def record_model_validation(
+    session: Session, claim: ValidationClaim, *, error: str | None, num_parameters: int | None,
+    num_outputs: int | None, seconds_per_image: float | None = None,
+) -> bool:
+    """Mark an uploaded model ready, or invalid with the reason; False if the claim was lost."""
+    result = session.execute(
+        update(Model)
+        .where(*_validation_held(claim))
         .values(
             status="invalid" if error else "ready",
             error=error,
             num_parameters=num_parameters,
             num_outputs=num_outputs,
+            seconds_per_image=seconds_per_image,
+            validation_heartbeat_at=utcnow(),
         )
     )
+    return result.rowcount == 1
 
 
 # --- What the reconciler asks -------------------------------------------------------------
@@ -408,12 +474,18 @@ def waiting_work(session: Session, cutoff: datetime) -> Waiting:
         .where(EvaluationChunk.status == "queued")
         .order_by(EvaluationChunk.enqueued_at)
     ).all()
-    models = session.execute(select(Model.id, Model.created_at).where(Model.status == "validating")).all()
+    # A model held by a live worker is not waiting; counting it would re-send its validation.
+    models = session.execute(
+        select(Model.id, Model.created_at, Model.validation_heartbeat_at)
+        .where(Model.status == "validating",
+               or_(Model.validation_heartbeat_at.is_(None), Model.validation_heartbeat_at < cutoff))
+    ).all()
     return Waiting(
         count=len(evaluations) + len(chunks) + len(models),
         evaluations=[row.id for row in evaluations if _before(row.created_at, cutoff)],
         chunks=[(row.evaluation_id, row.index) for row in chunks if _before(row.enqueued_at, cutoff)],
-        models=[row.id for row in models if _before(row.created_at, cutoff)],
+        models=[row.id for row in models
+                if _before(row.created_at, cutoff) and _before(row.validation_heartbeat_at, cutoff)],
     )
 
 

@@ -104,6 +104,12 @@ class Model(Base):
     num_outputs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Validation holds a lease like a chunk: attempt count, holder, heartbeat.
+    validation_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    validation_worker: Mapped[str | None] = mapped_column(String(200))
+    validation_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # One forward image's time in the sandbox at validation: the sweep's per-batch deadline scales with it.
+    seconds_per_image: Mapped[float | None] = mapped_column(Float)
 
 
 class Evaluation(Base):
