@@ -40,9 +40,37 @@ def run_api(settings: Settings, workers: int, threads: int) -> None:
     Server().run()
 
 
+def check_sandbox(settings: Settings) -> str | None:
+    """Why models cannot be sandboxed on this machine, or None when they can."""
+    from worker.sandbox.pool import cage_config
+    from worker.sandbox.probe import probe
+
+    return probe(cage_config(settings))
+
+
 def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> None:
-    """A Celery worker: prefork children that each load torch after the fork."""
+    """A Celery worker, once the sandbox is shown to hold here; it fails closed when it does not."""
+    import logging
+
+    import redis
+
+    from worker.broker import redis_client_url
+    from worker.sandbox.probe import publish
     from worker.tasks import app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("shiftscore.worker")
+    reason = check_sandbox(settings)
+    client = redis.Redis.from_url(redis_client_url(settings.broker_url), socket_timeout=5)
+    publish(client, reason)
+    if reason is not None:
+        log.error("this worker runs no models: %s", reason)
+        raise SystemExit(f"shiftscore worker: the model sandbox is unavailable: {reason}")
+    if not settings.sandbox:
+        log.warning("SHIFTSCORE_SANDBOX=off: uploaded models run without a sandbox; trusted single-user use only")
+    else:
+        log.info("model sandbox: bubblewrap namespaces, seccomp, %d MiB memory limit per model",
+                 settings.sandbox_memory_bytes >> 20)
 
     app.worker_main(argv=[
         "worker",

@@ -41,6 +41,36 @@ def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0)
     return value
 
 
+_SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _bytes(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
+    """A byte count, plain or with a K, M, G or T suffix (binary: 4G is 4 GiB)."""
+    raw = (env.get(name) or "").strip().lower().removesuffix("ib").removesuffix("b")
+    if not raw:
+        return default
+    scale = _SIZE_SUFFIXES.get(raw[-1], 1)
+    digits = raw[:-1] if raw[-1] in _SIZE_SUFFIXES else raw
+    try:
+        value = int(float(digits) * scale)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={env[name]!r} is not a size (such as 4G or 512M)") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={env[name]} must be at least {minimum} bytes")
+    return value
+
+
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"on", "true", "1", "yes"}:
+        return True
+    if raw in {"off", "false", "0", "no"}:
+        return False
+    raise SettingsError(f"{name}={env[name]!r} must be on or off")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; each has an embedded default."""
@@ -65,6 +95,16 @@ class Settings:
     chunk_images: int = 20_000
     # A running chunk whose heartbeat is older than this is taken to have lost its worker.
     stale_after_s: float = 60.0
+    # Uploaded models run only inside the sandbox (worker/sandbox); off is for trusted,
+    # single-user machines where bubblewrap cannot run.
+    sandbox: bool = True
+    sandbox_memory_bytes: int = 4 << 30
+    sandbox_cpu_seconds: int = 7200
+    # Loading and checking a model, and any wait outside a forward batch, must finish in this.
+    sandbox_wall_seconds: float = 60.0
+    # The least time a forward batch of a sweep may take before the model is taken to hang.
+    sandbox_batch_seconds: float = 30.0
+    sandbox_tmp_bytes: int = 64 << 20
 
     @property
     def embedded_database(self) -> bool:
@@ -114,6 +154,12 @@ class Settings:
             progress_interval_s=_float(env, "SHIFTSCORE_PROGRESS_INTERVAL", 0.5),
             chunk_images=_int(env, "SHIFTSCORE_CHUNK_IMAGES", 20_000, 1),
             stale_after_s=_float(env, "SHIFTSCORE_STALE_AFTER", 60.0, 0.5),
+            sandbox=_switch(env, "SHIFTSCORE_SANDBOX", True),
+            sandbox_memory_bytes=_bytes(env, "SHIFTSCORE_SANDBOX_MEMORY", 4 << 30, 256 << 20),
+            sandbox_cpu_seconds=_int(env, "SHIFTSCORE_SANDBOX_CPU_SECONDS", 7200, 1),
+            sandbox_wall_seconds=_float(env, "SHIFTSCORE_SANDBOX_WALL_SECONDS", 60.0, 1.0),
+            sandbox_batch_seconds=_float(env, "SHIFTSCORE_SANDBOX_BATCH_SECONDS", 30.0, 1.0),
+            sandbox_tmp_bytes=_bytes(env, "SHIFTSCORE_SANDBOX_TMP", 64 << 20, 1 << 20),
         )
 
 

@@ -31,7 +31,7 @@ def run_up(settings: Settings) -> int:
     """Migrate, start the broker, the API and a worker; print the URL and a token; wait."""
     from db.session import session_scope
     from db.tenants import create_token
-    from shiftscore.server import migrate
+    from shiftscore.server import check_sandbox, migrate
     from worker.broker import celery_broker_url
 
     env = dict(os.environ)
@@ -43,6 +43,13 @@ def run_up(settings: Settings) -> int:
     env["SHIFTSCORE_BROKER_URL"] = celery_broker_url(settings.broker_url)
     os.environ.update(env)
     reset_settings()
+    reason = check_sandbox(settings)
+    if reason is not None:
+        raise SystemExit(
+            f"shiftscore up: uploaded models cannot be sandboxed here: {reason}.\n"
+            "Fix that (scripts/up installs bubblewrap when run as root), or, only on a machine where "
+            "you trust every model you upload, start with SHIFTSCORE_SANDBOX=off."
+        )
     migrate(settings)
     with session_scope() as session:
         token = create_token(session, "local")

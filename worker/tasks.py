@@ -59,9 +59,9 @@ def reconcile() -> None:
 
 @app.task(name=VALIDATE_MODEL)
 def validate_model(model_id: str) -> None:
-    from worker import evaluations
+    from worker import validation
 
-    evaluations.validate_uploaded_model(model_id)
+    validation.validate_uploaded_model(model_id, _worker_name())
 
 
 @app.task(name=DELIVER_WEBHOOKS)

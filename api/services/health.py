@@ -1,4 +1,4 @@
-"""Readiness: can we reach the database and the broker?"""
+"""Readiness: can we reach the database and the broker, and can every worker host sandbox models?"""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from sqlalchemy import text
 from db.session import session_scope
 from shiftscore.settings import get_settings
 from worker.broker import redis_client_url
+from worker.sandbox.probe import reported_failures
 
 
 def readiness() -> dict[str, str]:
@@ -23,8 +24,11 @@ def readiness() -> dict[str, str]:
 
         client = redis.Redis.from_url(redis_client_url(get_settings().broker_url), socket_timeout=2)
         client.ping()
-        client.close()
         checks["broker"] = "ok"
+        failures = reported_failures(client)
+        client.close()
+        if failures:
+            checks["sandbox"] = "; ".join(f"workers on {host} run no models: {why}" for host, why in failures.items())
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     return checks
