@@ -130,11 +130,30 @@ class Page(Strict):
     cursor: str | None = None
 
 
+# An evaluation's result tables are bounded (at most 10,000 grid shifts), so their default
+# page holds a typical grid whole; the cursor takes over beyond it.
+RESULT_PAGE = 1000
+MAX_RESULT_PAGE = 10_000
+CURSOR_DOC = "the 'next_cursor' of the previous page; omit for the first page"
+
+
+class ResultsPage(Strict):
+    """Query of an evaluation's classes and layers: `limit` rows from `cursor` on."""
+
+    limit: int = Field(default=RESULT_PAGE, ge=1, le=MAX_RESULT_PAGE)
+    cursor: str | None = Field(default=None, max_length=500, description=CURSOR_DOC)
+
+
 class ExamplesQuery(Strict):
-    limit: int = Field(default=20, ge=1, le=100)
+    """Query of GET /v1/evaluations/{id}/examples: most flips first."""
+
+    limit: int = Field(default=20, ge=1, le=MAX_RESULT_PAGE)
+    cursor: str | None = Field(default=None, max_length=500, description=CURSOR_DOC)
 
 
-class ShiftsQuery(Strict):
+class ShiftsQuery(ResultsPage):
+    """Query of GET /v1/evaluations/{id}/shifts; `format=csv` is always the whole table."""
+
     format: Literal["json", "csv"] = "json"
 
 

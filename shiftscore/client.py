@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -294,16 +295,20 @@ class Client:
         return self.results(evaluation["id"])
 
     def shifts(self, evaluation_id: str) -> list[Json]:
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}/shifts")["items"]
+        """Every per-shift row, in grid order (following the pages)."""
+        return list(self._pages(f"/v1/evaluations/{evaluation_id}/shifts", {}))
 
     def shifts_csv(self, evaluation_id: str) -> str:
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/shifts", params={"format": "csv"}).text
 
     def classes(self, evaluation_id: str) -> list[Json]:
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}/classes")["items"]
+        """Every per-class row, by label (following the pages)."""
+        return list(self._pages(f"/v1/evaluations/{evaluation_id}/classes", {}))
 
     def examples(self, evaluation_id: str, limit: int = 20) -> list[Json]:
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}/examples", params={"limit": limit})["items"]
+        """The `limit` most fragile samples the service kept, most flips first."""
+        return list(itertools.islice(self._pages(f"/v1/evaluations/{evaluation_id}/examples", {"limit": limit}),
+                                     limit))
 
     def results(self, evaluation_id: str, examples: int = 20) -> Results:
         """Everything a succeeded evaluation produced, as plain data."""
