@@ -10,6 +10,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap libs
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY api ./api
+# api/static/metrics.md links to it: the docs served at /docs/metrics.
+COPY docs/metrics.md ./docs/metrics.md
 COPY worker ./worker
 COPY db ./db
 COPY shiftscore ./shiftscore

@@ -183,6 +183,12 @@ def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Lim
         raise DatasetError(f"'images' must be uint8 (0–255), got {images.dtype}")
     if images.ndim == 3:
         images = images[..., None]
+    if images.ndim == 4 and images.shape[1] in (1, 3, 4) and images.shape[3] not in (1, 3, 4):
+        # PyTorch's layout: the most common way to get here.
+        raise DatasetError(
+            f"'images' of shape {images.shape} look channels-first (N×C×H×W); store them channels-last, "
+            "N×H×W×C: images.transpose(0, 2, 3, 1)"
+        )
     if images.ndim != 4 or images.shape[3] not in (1, 3, 4):
         raise DatasetError(
             f"'images' must be N×H×W or N×H×W×C with C in 1, 3, 4; got shape {images.shape}"

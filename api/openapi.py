@@ -228,11 +228,15 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "ShiftScore",
+            "title": "ShiftScore REST API",
             "version": "1",
             "description": "Translation-robustness sweeps for image models: upload a model and a "
                            "dataset, ask for a shift sweep, read per-shift accuracy, consistency "
-                           "and worst-case scores. Errors are application/problem+json (RFC 9457).",
+                           "and worst-case scores. Pixels are divided by 255 to [0, 1] before a "
+                           "model's mean/std normalization. Every metric, with its formula and "
+                           "source, is defined at /docs/metrics. Every list answers `items` and "
+                           "`next_cursor` (null on the last page); pass it back as `cursor`. "
+                           "Errors are application/problem+json (RFC 9457).",
         },
         "paths": paths,
         "components": {

@@ -113,6 +113,7 @@ class ShiftRow(BaseModel):
 
 class ShiftRows(BaseModel):
     items: list[ShiftRow]
+    next_cursor: str | None
 
 
 class ClassRow(BaseModel):
@@ -125,6 +126,7 @@ class ClassRow(BaseModel):
 
 class ClassRows(BaseModel):
     items: list[ClassRow]
+    next_cursor: str | None
 
 
 class ExampleRow(BaseModel):
@@ -138,6 +140,7 @@ class ExampleRow(BaseModel):
 
 class ExampleRows(BaseModel):
     items: list[ExampleRow]
+    next_cursor: str | None
 
 
 class ArchitectureOption(BaseModel):
@@ -186,3 +189,4 @@ class Layer(BaseModel):
 
 class LayerProfile(BaseModel):
     items: list[Layer]
+    next_cursor: str | None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from api.errors import BadRequest
 
@@ -20,14 +20,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SCALING = ("pixels are divided by 255 to [0, 1] before (x - mean) / std, so mean and std are on the [0, 1] "
+           "scale: divide statistics measured on 0-255 pixels by 255 (ImageNet's are mean [0.485, 0.456, 0.406], "
+           "std [0.229, 0.224, 0.225])")
+PIXEL_SCALE = ("Pixels are divided by 255 to [0, 1] first, then normalized per channel as (x - mean) / std: "
+               "give mean and std on the [0, 1] scale, one value per channel or one for all.")
+
+
 class InputSpec(Strict):
-    """What the model takes: channels, size, and per-channel normalization."""
+    """What the model takes: channels, size, and per-channel normalization on the [0, 1] scale."""
+
+    model_config = ConfigDict(json_schema_extra={"description": PIXEL_SCALE})
 
     channels: int = Field(ge=1, le=64)
     height: int = Field(ge=1, le=4096)
     width: int = Field(ge=1, le=4096)
-    mean: float | list[float] = 0.0
-    std: float | list[float] = 1.0
+    mean: float | list[float] = Field(default=0.0, description="in [0, 1]; subtracted after pixels are divided by 255")
+    std: float | list[float] = Field(default=1.0, description="in (0, 1]; divides after the mean is subtracted")
 
     @field_validator("std")
     @classmethod
@@ -38,13 +47,20 @@ class InputSpec(Strict):
         return value
 
     def normalized(self) -> dict[str, Any]:
-        """The spec with mean and std as lists of one value or one per channel."""
+        """The spec with mean and std as lists of one value or one per channel; ValueError says what to fix."""
         spec = self.model_dump()
         for key in ("mean", "std"):
             values = spec[key] if isinstance(spec[key], list) else [spec[key]]
             if len(values) not in (1, self.channels):
-                raise ValueError(f"{key} needs 1 or {self.channels} values, got {len(values)}")
+                raise ValueError(
+                    f"{key} has {len(values)} values but the model declares {self.channels} channel(s); "
+                    f"give one value per channel ({self.channels}) or a single value for all")
             spec[key] = [float(v) for v in values]
+        # 0-255 statistics are accepted by the arithmetic and silently ruin every result.
+        if any(not 0.0 <= v <= 1.0 for v in spec["mean"]):
+            raise ValueError(f"mean {spec['mean']} is outside [0, 1]: {SCALING}")
+        if any(not 0.0 < v <= 1.0 for v in spec["std"]):
+            raise ValueError(f"std {spec['std']} is outside (0, 1]: {SCALING}")
         return spec
 
 
@@ -63,17 +79,39 @@ class ListShifts(Strict):
     list: builtins.list[tuple[float, float]] = Field(min_length=1)
 
 
+SHIFTS_SHAPES = 'give shifts as {"dx": [min, max], "dy": [min, max], "step": 1} or {"list": [[dx, dy], ...]}'
+# Tags of the shifts union: they pick the member from the keys sent, so an error names only the
+# fields of the shape the client meant, and `_field_errors` leaves them out of each field's path.
+_RANGE, _LIST = "shifts as a range", "shifts as a list"
+
+
+def _shifts_shape(value: Any) -> str | None:
+    if isinstance(value, (RangeShifts, ListShifts)):
+        return _LIST if isinstance(value, ListShifts) else _RANGE
+    if not isinstance(value, dict):
+        return None
+    if "list" in value:
+        return _LIST
+    return _RANGE if {"dx", "dy", "step"} & set(value) else None
+
+
+Shifts = Annotated[
+    Annotated[RangeShifts, Tag(_RANGE)] | Annotated[ListShifts, Tag(_LIST)],
+    Discriminator(_shifts_shape, custom_error_type="shifts_shape", custom_error_message=SHIFTS_SHAPES),
+]
+
+
 class EvaluationCreate(Strict):
     """POST /v1/evaluations."""
 
     model_id: str = Field(max_length=64)
     dataset_id: str = Field(max_length=64)
-    shifts: RangeShifts | ListShifts
+    shifts: Shifts
     padding: Padding = "zeros"
     fill: float = Field(default=0.0, ge=0.0, le=1.0)
     max_samples: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    # true: every convolution, pooling and activation stage; a list: those layers (SPEC §3).
+    # true: every convolution, pooling and activation stage; a list: those layers (docs/equivariance.md).
     layers: bool | list[str] | None = None
     webhook_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s/]+")
     tags: list[str] = Field(default_factory=list, max_length=20)
@@ -100,7 +138,7 @@ class ModelUpload(Strict):
 
     name: str = Field(min_length=1, max_length=200)
     format: ModelFormat
-    input: InputSpec
+    input: InputSpec = Field(description="JSON: channels, height, width, mean, std. " + PIXEL_SCALE)
     task: Task = "classification"
     architecture: str | None = Field(default=None, max_length=100)
     architecture_options: dict[str, Any] = Field(default_factory=dict)
@@ -130,11 +168,30 @@ class Page(Strict):
     cursor: str | None = None
 
 
+# An evaluation's result tables are bounded (at most 10,000 grid shifts), so their default
+# page holds a typical grid whole; the cursor takes over beyond it.
+RESULT_PAGE = 1000
+MAX_RESULT_PAGE = 10_000
+CURSOR_DOC = "the 'next_cursor' of the previous page; omit for the first page"
+
+
+class ResultsPage(Strict):
+    """Query of an evaluation's classes and layers: `limit` rows from `cursor` on."""
+
+    limit: int = Field(default=RESULT_PAGE, ge=1, le=MAX_RESULT_PAGE)
+    cursor: str | None = Field(default=None, max_length=500, description=CURSOR_DOC)
+
+
 class ExamplesQuery(Strict):
-    limit: int = Field(default=20, ge=1, le=100)
+    """Query of GET /v1/evaluations/{id}/examples: most flips first."""
+
+    limit: int = Field(default=20, ge=1, le=MAX_RESULT_PAGE)
+    cursor: str | None = Field(default=None, max_length=500, description=CURSOR_DOC)
 
 
-class ShiftsQuery(Strict):
+class ShiftsQuery(ResultsPage):
+    """Query of GET /v1/evaluations/{id}/shifts; `format=csv` is always the whole table."""
+
     format: Literal["json", "csv"] = "json"
 
 
@@ -143,9 +200,25 @@ T = TypeVar("T", bound=BaseModel)
 
 def _field_errors(error: ValidationError) -> list[dict[str, Any]]:
     return [
-        {"field": ".".join(str(part) for part in item["loc"]) or "(body)", "message": item["msg"]}
+        {"field": ".".join(str(part) for part in item["loc"] if part not in (_RANGE, _LIST)) or "(body)",
+         "message": _message(item)}
         for item in error.errors(include_url=False)
     ]
+
+
+def _message(item: Any) -> str:
+    """pydantic's message, or what to do instead where its own text does not say."""
+    path = [part for part in item["loc"] if part not in (_RANGE, _LIST)]
+    if path[:1] != ["shifts"]:
+        return item["msg"]
+    if item["type"] == "extra_forbidden":
+        return f"'{path[-1]}' does not belong here; {SHIFTS_SHAPES}, one or the other"
+    pair = item["type"] in ("too_long", "too_short", "tuple_type")
+    if pair and path[1:] in (["dx"], ["dy"]):
+        return f"{path[1]} must be [min, max], two numbers"
+    if pair and path[1:2] == ["list"] and len(path) == 3:
+        return "each shift must be [dx, dy], two numbers"
+    return item["msg"]
 
 
 def nul_fields(data: Any, where: str = "") -> list[str]:

@@ -1,4 +1,4 @@
-"""Rows to JSON, in the shapes SPEC §4 names."""
+"""Rows to JSON, in the shapes the README's REST API section documents."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from shiftscore.eval_command import add_eval_parser, run_eval
+from shiftscore.eval_command import add_eval_parser, join_signed_values, run_eval
 from shiftscore.settings import SettingsError, get_settings
 
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(join_signed_values(sys.argv[1:] if argv is None else argv))
     if args.command == "eval":
         # The client side: it needs no server settings.
         return run_eval(args)

@@ -3,7 +3,9 @@
     from shiftscore import Client
 
     client = Client("http://127.0.0.1:8000", token)       # or SHIFTSCORE_URL / SHIFTSCORE_TOKEN
-    model = client.upload_model("model.pt", input={"channels": 1, "height": 8, "width": 8}, wait=True)
+    # mean and std on the [0, 1] scale: pixels are divided by 255 before (x - mean) / std
+    model = client.upload_model("model.pt", input={"channels": 1, "height": 8, "width": 8,
+                                                   "mean": [0.5], "std": [0.5]}, wait=True)
     evaluation = client.submit(model["id"], "digits", shifts={"dx": [-3, 3], "dy": [-3, 3]})
     done = client.wait(evaluation["id"], progress=lambda e: print(e["progress"]))
     results = client.results(done["id"])                  # plain dicts and lists
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -190,7 +193,11 @@ class Client:
                      name: str | None = None, task: str = "classification", architecture: str | None = None,
                      architecture_options: Mapping[str, Any] | None = None, wait: bool = False,
                      timeout: float = 300.0) -> Json:
-        """Upload model weights; with `wait`, return once validated (raises ModelInvalid if it is not)."""
+        """Upload model weights; with `wait`, return once validated (raises ModelInvalid if it is not).
+
+        `input` is {"channels", "height", "width", "mean", "std"}; pixels are divided by 255 to [0, 1]
+        before (x - mean) / std, so mean and std are on that scale (the service refuses 0-255 ones).
+        """
         path = Path(path)
         fields = {"name": name or path.stem, "format": format, "task": task, "input": json.dumps(dict(input))}
         if architecture is not None:
@@ -294,16 +301,20 @@ class Client:
         return self.results(evaluation["id"])
 
     def shifts(self, evaluation_id: str) -> list[Json]:
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}/shifts")["items"]
+        """Every per-shift row, in grid order (following the pages)."""
+        return list(self._pages(f"/v1/evaluations/{evaluation_id}/shifts", {}))
 
     def shifts_csv(self, evaluation_id: str) -> str:
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/shifts", params={"format": "csv"}).text
 
     def classes(self, evaluation_id: str) -> list[Json]:
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}/classes")["items"]
+        """Every per-class row, by label (following the pages)."""
+        return list(self._pages(f"/v1/evaluations/{evaluation_id}/classes", {}))
 
     def examples(self, evaluation_id: str, limit: int = 20) -> list[Json]:
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}/examples", params={"limit": limit})["items"]
+        """The `limit` most fragile samples the service kept, most flips first."""
+        return list(itertools.islice(self._pages(f"/v1/evaluations/{evaluation_id}/examples", {"limit": limit}),
+                                     limit))
 
     def results(self, evaluation_id: str, examples: int = 20) -> Results:
         """Everything a succeeded evaluation produced, as plain data."""

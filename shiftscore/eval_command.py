@@ -35,6 +35,14 @@ GATES = (
 METRICS = ("clean_accuracy", "mean_accuracy", "worst_case_accuracy", "consistency", "flip_rate")
 
 
+INPUT_EXAMPLE = '{"channels": 1, "height": 8, "width": 8, "mean": [0.5], "std": [0.5]}'
+SCALING = ("Pixels are divided by 255 to [0, 1] before the model's normalization (x - mean) / std, so give the "
+           "mean and std the model was trained with on that [0, 1] scale (statistics of 0-255 pixels divided "
+           "by 255); leaving them out means mean 0 and std 1, no normalization at all.")
+# Flags whose values start with a minus sign that argparse would take for an option.
+_SIGNED_VALUE_FLAGS = ("--dx", "--dy", "--shift-list")
+
+
 class UsageError(ValueError):
     """A flag's value cannot be used; the message says which and why."""
 
@@ -50,8 +58,8 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", nargs="?", help="model file to upload (TorchScript .pt, .pt2, ONNX, state dict)")
     parser.add_argument("--model-id", help="evaluate an already uploaded model instead of uploading one")
-    parser.add_argument("--input", help='the model\'s input as JSON, e.g. \'{"channels": 1, "height": 8, '
-                                        '"width": 8, "mean": [0.5], "std": [0.5]}\' (needed to upload)')
+    parser.add_argument("--input", help=f"the model's input as JSON, e.g. '{INPUT_EXAMPLE}' (needed to upload). "
+                                        f"{SCALING}")
     parser.add_argument("--format", default="torchscript", choices=["torchscript", "exported", "state_dict", "onnx"])
     parser.add_argument("--name", help="model name (default: the file's name)")
     parser.add_argument("--task", default="classification", choices=["classification", "segmentation"])
@@ -60,10 +68,10 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default="digits", help="dataset id, or a built-in's name")
     parser.add_argument("--dataset-file", help="upload this NPZ (images, labels) and evaluate on it")
     parser.add_argument("--max-shift", type=float, default=3, help="shift dx and dy from -N to N")
-    parser.add_argument("--dx", help="dx range MIN:MAX (write --dx=-2:2), overrides --max-shift")
-    parser.add_argument("--dy", help="dy range MIN:MAX (write --dy=-2:2), overrides --max-shift")
+    parser.add_argument("--dx", help="dx range MIN:MAX (--dx -2:2 or --dx=-2:2), overrides --max-shift")
+    parser.add_argument("--dy", help="dy range MIN:MAX (--dy -2:2 or --dy=-2:2), overrides --max-shift")
     parser.add_argument("--step", type=float, default=1.0, help="grid step (0.5 for sub-pixel shifts)")
-    parser.add_argument("--shift-list", help='explicit shifts "DX,DY;DX,DY;…" (write --shift-list="-1,0;1,0")')
+    parser.add_argument("--shift-list", help='explicit shifts "DX,DY;DX,DY;…" (e.g. --shift-list "-1,0;1,0")')
     parser.add_argument("--padding", default="zeros", choices=["zeros", "circular", "reflect", "edge", "crop"])
     parser.add_argument("--fill", type=float, help="fill value in [0, 1] for --padding zeros")
     parser.add_argument("--max-samples", type=int, help="evaluate a seeded random subset of this many samples")
@@ -78,6 +86,17 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
 
 
+def join_signed_values(argv: list[str]) -> list[str]:
+    """`--dx -2:2` as `--dx=-2:2`: argparse reads a value that starts with '-' as an unknown option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _SIGNED_VALUE_FLAGS and arg[:2] not in ("--", "-h") and arg.startswith("-"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def _range(raw: str | None, half: float, flag: str) -> list[float]:
     if raw is None:
         return [-half, half]
@@ -87,7 +106,7 @@ def _range(raw: str | None, half: float, flag: str) -> list[float]:
             raise ValueError
         return [float(low), float(high)]
     except ValueError:
-        raise UsageError(f"{flag} needs MIN:MAX, e.g. {flag}=-2:2; got {raw!r}") from None
+        raise UsageError(f"{flag} needs MIN:MAX, e.g. {flag} -2:2; got {raw!r}") from None
 
 
 def shifts_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,7 +137,8 @@ def _check_usage(args: argparse.Namespace) -> None:
         if not os.path.isfile(args.model):
             raise UsageError(f"no such model file: {args.model}")
         if not isinstance(_json_flag(args.input, "--input"), dict):
-            raise UsageError('uploading a model needs --input, e.g. --input \'{"channels": 1, "height": 8, "width": 8}\'')
+            raise UsageError(f"uploading a model needs --input, its input size and normalization, e.g. "
+                             f"--input '{INPUT_EXAMPLE}'. {SCALING}")
     if args.dataset_file and not os.path.isfile(args.dataset_file):
         raise UsageError(f"no such dataset file: {args.dataset_file}")
     for _, dest, flag in GATES:

@@ -10,7 +10,7 @@ from api.openapi import Reply, operation
 from api.schemas import DatasetUpload, Page, parse
 from api.serializers import dataset_json
 from api.services import datasets
-from api.uploads import uploaded_file
+from api.uploads import form_fields, uploaded_file
 from db.session import session_scope
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -20,7 +20,7 @@ bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 @operation("Upload a dataset (NPZ, or a .zip / .tar.gz image folder)", form=DatasetUpload, files=["file"], responses={
     201: Reply("the stored dataset", responses.Dataset), 422: "the file is not a usable dataset"})
 def create():
-    form = parse(DatasetUpload, request.form.to_dict(), "form")
+    form = parse(DatasetUpload, form_fields(), "form")
     with uploaded_file() as (path, filename), session_scope() as session:
         dataset = datasets.create_dataset(session, current_tenant(), form.name, path, filename)
         body = dataset_json(dataset)

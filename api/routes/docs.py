@@ -1,4 +1,4 @@
-"""The OpenAPI document and its browsable docs, served from this package (no CDN)."""
+"""The OpenAPI document, its browsable docs and the metric definitions, served from this package (no CDN)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def openapi_document():
 @operation("Browsable API docs", tag="docs", responses={200: Reply("an HTML page", media_type="text/html")})
 def docs_page():
     return send_from_directory(STATIC, "docs.html", mimetype="text/html", max_age=0)
+
+
+@bp.get("/docs/metrics")
+@operation("What each metric means: the shift, padding, grid, samples, formulas and sources (Markdown)",
+           tag="docs", responses={200: Reply("docs/metrics.md as plain text", media_type="text/plain")})
+def metrics_page():
+    # Plain text: Markdown reads as it is, and a browser shows text/plain instead of downloading it.
+    return send_from_directory(STATIC, "metrics.md", mimetype="text/plain", max_age=0)

@@ -11,7 +11,7 @@ from api import responses
 from api.auth import current_tenant
 from api.openapi import Reply, operation
 from api.errors import BadRequest
-from api.schemas import EvaluationCreate, EvaluationFilter, ExamplesQuery, ShiftsQuery, parse
+from api.schemas import EvaluationCreate, EvaluationFilter, ExamplesQuery, ResultsPage, ShiftsQuery, parse
 from api.serializers import evaluation_json
 from api.services import evaluations, layers
 from db.session import session_scope
@@ -56,48 +56,61 @@ def show(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/shifts")
-@operation("Per-shift accuracy and agreement (JSON or ?format=csv)", query=ShiftsQuery,
+@operation("Per-shift accuracy and agreement in grid order, a page at a time (or every row with ?format=csv)",
+           query=ShiftsQuery,
            responses={200: Reply("one row per grid shift", responses.ShiftRows, also=("text/csv",)), 409: "not succeeded yet"})
 def shifts(evaluation_id: str):
     query = parse(ShiftsQuery, request.args.to_dict(), "query")
-    with session_scope() as session:
-        rows = evaluations.shift_results(session, current_tenant(), evaluation_id)
     if query.format == "csv":
+        if {"limit", "cursor"} & set(request.args):
+            raise BadRequest("format=csv is always the whole table in one file; leave out 'limit' and 'cursor' "
+                             "(they page the JSON)", errors=[{"field": "format", "message": "csv takes no paging"}])
+        with session_scope() as session:
+            rows = evaluations.shift_results(session, current_tenant(), evaluation_id)
         out = io.StringIO()
-        # Segmentation rows carry SPEC §3's columns after SPEC §4's.
+        # Segmentation rows carry their dense metrics after the classification columns.
         fieldnames = list(rows[0]) if rows else ["dx", "dy", "accuracy", "agreement", "correct", "n"]
         writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return Response(out.getvalue(), mimetype="text/csv",
                         headers={"Content-Disposition": f"attachment; filename={evaluation_id}-shifts.csv"})
-    return jsonify(items=rows)
+    with session_scope() as session:
+        rows, cursor = evaluations.shift_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
+    return jsonify(items=rows, next_cursor=cursor)
 
 
 @bp.get("/<evaluation_id>/classes")
-@operation("Per-class accuracies", responses={200: Reply("one row per label", responses.ClassRows),
-                                              409: "not succeeded yet"})
+@operation("Per-class accuracies by label, a page at a time", query=ResultsPage,
+           responses={200: Reply("one row per label", responses.ClassRows), 409: "not succeeded yet"})
 def classes(evaluation_id: str):
+    query = parse(ResultsPage, request.args.to_dict(), "query")
     with session_scope() as session:
-        return jsonify(items=evaluations.class_results(session, current_tenant(), evaluation_id))
+        rows, cursor = evaluations.class_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
+    return jsonify(items=rows, next_cursor=cursor)
 
 
 @bp.get("/<evaluation_id>/examples")
-@operation("The samples that break most easily", query=ExamplesQuery,
+@operation("The samples that break most easily (the 100 most fragile are kept), a page at a time",
+           query=ExamplesQuery,
            responses={200: Reply("most flips first", responses.ExampleRows), 409: "not succeeded yet"})
 def examples(evaluation_id: str):
     query = parse(ExamplesQuery, request.args.to_dict(), "query")
     with session_scope() as session:
-        return jsonify(items=evaluations.example_results(session, current_tenant(), evaluation_id, query.limit))
+        rows, cursor = evaluations.example_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
+    return jsonify(items=rows, next_cursor=cursor)
 
 
 @bp.get("/<evaluation_id>/layers")
-@operation("The layer profile: equivariance and invariance error per layer and shift (SPEC §3)",
+@operation("The layer profile: equivariance and invariance error per layer and shift (docs/equivariance.md)",
+           query=ResultsPage,
            responses={200: Reply("layers in forward order, the model output last", responses.LayerProfile),
                       404: "no such evaluation, or it was submitted without 'layers'", 409: "not succeeded yet"})
 def layer_profile(evaluation_id: str):
+    query = parse(ResultsPage, request.args.to_dict(), "query")
     with session_scope() as session:
-        return jsonify(items=layers.layer_profile(session, current_tenant(), evaluation_id))
+        rows, cursor = layers.layer_profile(session, current_tenant(), evaluation_id, query.limit, query.cursor)
+    return jsonify(items=rows, next_cursor=cursor)
 
 
 @bp.post("/<evaluation_id>/cancel")

@@ -10,7 +10,7 @@ from api.openapi import Reply, operation
 from api.schemas import ModelUpload, Page, json_field, parse
 from api.serializers import model_json
 from api.services import models
-from api.uploads import uploaded_file
+from api.uploads import form_fields, uploaded_file
 from db.session import session_scope
 from worker.architecture_catalog import describe
 
@@ -22,7 +22,7 @@ bp = Blueprint("models", __name__, url_prefix="/v1")
            files=["file"], responses={201: Reply("the stored model", responses.Model),
                                       422: "the input spec or architecture does not fit"})
 def create():
-    form = request.form.to_dict()
+    form = form_fields()
     form["input"] = json_field(form.get("input"), "input")
     form["architecture_options"] = json_field(form.get("architecture_options"), "architecture_options", {})
     upload = parse(ModelUpload, form, "form")

@@ -12,10 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, Unprocessable
-from api.pagination import paginate
+from api.pagination import paginate, paginate_by_key
 from api.schemas import EvaluationCreate, EvaluationFilter
 from api.services.datasets import get_dataset
-from api.services.layers import check_layers_request, check_task, is_segmentation, segmentation_shift_rows
+from api.services.layers import check_layers_request, check_task, is_segmentation, segmentation_shift_page
 from api.services.models import get_model
 from db import jobs
 from db.models import ClassResult, Dataset, Evaluation, ExampleResult, Model, ShiftResult
@@ -159,45 +159,64 @@ def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluati
     return evaluation
 
 
+Page = tuple[list[dict[str, Any]], str | None]
+
+
 def shift_results(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
-    """Per-shift rows in grid order."""
+    """Every per-shift row in grid order (the CSV, and callers that want the whole table)."""
+    return shift_page(session, tenant_id, evaluation_id, None, None)[0]
+
+
+def shift_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
+    """Per-shift rows in grid order, `limit` from `cursor` on (None: all), and the next cursor."""
     evaluation = _succeeded(session, tenant_id, evaluation_id)
     if is_segmentation(evaluation):
-        return segmentation_shift_rows(session, evaluation_id)
-    rows = session.execute(
-        select(ShiftResult).where(ShiftResult.evaluation_id == evaluation_id).order_by(ShiftResult.position)
-    ).scalars()
+        return segmentation_shift_page(session, evaluation_id, limit, cursor)
+    rows, next_cursor = paginate_by_key(
+        session, select(ShiftResult).where(ShiftResult.evaluation_id == evaluation_id),
+        ShiftResult.position, limit, cursor)
     return [
         {"dx": _plain(r.dx), "dy": _plain(r.dy), "accuracy": r.correct / r.n,
          "agreement": r.agreed / r.n, "correct": r.correct, "n": r.n}
         for r in rows
-    ]
+    ], next_cursor
 
 
-def class_results(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
+def class_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
+    """Per-class rows by label, `limit` from `cursor` on, and the next cursor."""
     _succeeded(session, tenant_id, evaluation_id)
-    rows = session.execute(
-        select(ClassResult).where(ClassResult.evaluation_id == evaluation_id).order_by(ClassResult.label)
-    ).scalars()
+    rows, next_cursor = paginate_by_key(
+        session, select(ClassResult).where(ClassResult.evaluation_id == evaluation_id),
+        ClassResult.label, limit, cursor)
     return [
         {"label": r.label, "n": r.n, "clean_accuracy": r.clean_accuracy,
          "mean_accuracy": r.mean_accuracy, "worst_case_accuracy": r.worst_case_accuracy}
         for r in rows
-    ]
+    ], next_cursor
 
 
-def example_results(session: Session, tenant_id: str, evaluation_id: str, limit: int) -> list[dict[str, Any]]:
+def class_results(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
+    """Every per-class row by label."""
+    return class_page(session, tenant_id, evaluation_id, None, None)[0]
+
+
+def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
+    """The stored fragile samples, most flips first, `limit` from `cursor` on, and the next cursor."""
     _succeeded(session, tenant_id, evaluation_id)
-    rows = session.execute(
-        select(ExampleResult).where(ExampleResult.evaluation_id == evaluation_id)
-        .order_by(ExampleResult.rank).limit(limit)
-    ).scalars()
+    rows, next_cursor = paginate_by_key(
+        session, select(ExampleResult).where(ExampleResult.evaluation_id == evaluation_id),
+        ExampleResult.rank, limit, cursor)
     return [
         {"index": r.sample_index, "label": r.label, "clean_prediction": r.clean_prediction,
          "worst_prediction": r.worst_prediction, "worst_shift": [_plain(r.worst_dx), _plain(r.worst_dy)],
          "flips": r.flips}
         for r in rows
-    ]
+    ], next_cursor
+
+
+def example_results(session: Session, tenant_id: str, evaluation_id: str, limit: int) -> list[dict[str, Any]]:
+    """The `limit` most fragile stored samples."""
+    return example_page(session, tenant_id, evaluation_id, limit, None)[0]
 
 
 def cancel_evaluation(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:

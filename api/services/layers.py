@@ -1,4 +1,4 @@
-"""SPEC §3 at the API: which layer profiles and segmentation sweeps can be asked for, and their results."""
+"""Layer profiles and segmentation sweeps at the API (docs/equivariance.md): what can be asked for, and the results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, Unprocessable
+from api.pagination import page_of, paginate_by_key
 from db.models import Dataset, Evaluation, LayerResult, Model, SegmentationResult
 
 # Formats whose intermediate outputs the worker can reach (forward hooks, torch.export graphs).
@@ -46,12 +47,12 @@ def _plain(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def segmentation_shift_rows(session: Session, evaluation_id: str) -> list[dict[str, Any]]:
-    """Per-shift rows of a segmentation sweep: SPEC's fields (pixels for n) and SPEC §3's metrics."""
-    rows = session.execute(
-        select(SegmentationResult).where(SegmentationResult.evaluation_id == evaluation_id)
-        .order_by(SegmentationResult.position)
-    ).scalars()
+def segmentation_shift_page(session: Session, evaluation_id: str, limit: int | None,
+                            cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Per-shift rows of a segmentation sweep (pixels for n, then the dense metrics), a page at a time."""
+    rows, next_cursor = paginate_by_key(
+        session, select(SegmentationResult).where(SegmentationResult.evaluation_id == evaluation_id),
+        SegmentationResult.position, limit, cursor)
     return [
         {
             "dx": _plain(r.dx), "dy": _plain(r.dy),
@@ -64,11 +65,12 @@ def segmentation_shift_rows(session: Session, evaluation_id: str) -> list[dict[s
             "samples": r.n, "cells": r.cells,
         }
         for r in rows
-    ]
+    ], next_cursor
 
 
-def layer_profile(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
-    """The layer profile in forward order, the model output last, each with its per-shift errors."""
+def layer_profile(session: Session, tenant_id: str, evaluation_id: str, limit: int | None = None,
+                  cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """The layer profile in forward order, the model output last, each with its per-shift errors; a page of it."""
     evaluation = session.execute(
         select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.tenant_id == tenant_id)
     ).scalar_one_or_none()
@@ -95,11 +97,12 @@ def layer_profile(session: Session, tenant_id: str, evaluation_id: str) -> list[
             "dx": _plain(r.dx), "dy": _plain(r.dy),
             "equivariance_error": r.equivariance_error, "invariance_error": r.invariance_error,
         })
+    layers, next_cursor = page_of(layers, lambda layer: layer["position"], limit, cursor)
     for layer in layers:
         del layer["position"]
         layer["mean_equivariance_error"] = _mean(s["equivariance_error"] for s in layer["shifts"])
         layer["mean_invariance_error"] = _mean(s["invariance_error"] for s in layer["shifts"])
-    return layers
+    return layers, next_cursor
 
 
 def _mean(values: Any) -> float | None:

@@ -83,8 +83,8 @@ async function evaluationsPage() {
       const s = e.summary || {};
       return el("tr", { "data-id": e.id, "data-status": e.status },
         el("td", {}, el("a", { href: `/dashboard/evaluations/${e.id}`, class: "mono", text: short(e.id) })),
-        el("td", { text: models.get(e.model_id) || short(e.model_id) }),
-        el("td", { text: datasets.get(e.dataset_id) || short(e.dataset_id) }),
+        el("td", { class: "wrap", text: models.get(e.model_id) || short(e.model_id) }),
+        el("td", { class: "wrap", text: datasets.get(e.dataset_id) || short(e.dataset_id) }),
         el("td", {}, statusBadge(e.status)),
         el("td", {}, progressBar(e.progress, e.status)),
         el("td", { class: "num", text: pct(s.clean_accuracy) }),
@@ -234,20 +234,21 @@ function sweepTable(board, sweep) {
   const grid = g.list ? `${g.list.length} listed shifts` : `dx ${g.dx.join("…")}, dy ${g.dy.join("…")}, step ${g.step}`;
   const samples = sweep.sweep.max_samples ? `${sweep.num_samples} samples (seed ${sweep.sweep.seed})` : `all ${sweep.num_samples} samples`;
   const metricName = board.metric.replaceAll("_", " ");
+  // Clean accuracy first beside the ranked metric: a high consistency means little without it.
+  const others = [["clean_accuracy", "Clean acc."], ["mean_accuracy", "Mean acc."],
+    ["worst_case_accuracy", "Worst case"], ["consistency", "Consistency"]].filter(([key]) => key !== board.metric);
+  const numeric = new Set([metricName, ...others.map(([, label]) => label)]);
   return el("div", { class: "card sweep", "data-sweep-key": sweep.sweep_key },
     el("h2", { text: `${grid} · padding ${sweep.sweep.padding}${sweep.sweep.padding === "zeros" ? ` (fill ${sweep.sweep.fill})` : ""} · ${samples}` }),
     el("p", { class: "muted mono", text: `sweep ${sweep.sweep_key.slice(0, 12)} · ranked by ${metricName}, ${board.higher_is_better ? "higher" : "lower"} is better` }),
     el("table", { class: "grid-table" },
-      el("thead", {}, el("tr", {}, ...["Rank", "Model", metricName, "Clean acc.", "Mean acc.", "Worst case", "Consistency", "Evaluation", "Finished"]
-        .map((h, i) => el("th", { class: i >= 2 && i <= 6 ? "num" : "", text: h })))),
+      el("thead", {}, el("tr", {}, ...["Rank", "Model", metricName, ...others.map(([, label]) => label), "Evaluation", "Finished"]
+        .map((h) => el("th", { class: numeric.has(h) ? "num" : "", text: h })))),
       el("tbody", {}, ...sweep.items.map((item) => el("tr", { "data-model": item.model_name },
         el("td", { class: "rank", text: item.rank ?? "–" }),
         el("td", { text: item.model_name }),
         el("td", { class: "num strong", text: pct(item.value) }),
-        el("td", { class: "num", text: pct(item.summary.clean_accuracy) }),
-        el("td", { class: "num", text: pct(item.summary.mean_accuracy) }),
-        el("td", { class: "num", text: pct(item.summary.worst_case_accuracy) }),
-        el("td", { class: "num", text: pct(item.summary.consistency) }),
+        ...others.map(([key]) => el("td", { class: "num", "data-metric": key, text: pct(item.summary[key]) })),
         el("td", {}, el("a", { href: `/dashboard/evaluations/${item.evaluation_id}`, class: "mono", text: short(item.evaluation_id) })),
         el("td", { class: "muted", text: when(item.finished_at) }))))));
 }

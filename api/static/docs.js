@@ -135,7 +135,9 @@ function operationNode(method, path, op) {
 
 function render(doc) {
   DOC = doc;
-  document.getElementById("title").textContent = `${doc.info.title} API ${doc.info.version}`;
+  document.getElementById("title").textContent = doc.info.title;
+  document.title = doc.info.title;
+  document.getElementById("version").textContent = `OpenAPI ${doc.openapi}, API version ${doc.info.version}`;
   document.getElementById("description").textContent = doc.info.description || "";
   const byTag = new Map();
   for (const [path, item] of Object.entries(doc.paths)) {

@@ -6,6 +6,7 @@ Screenshots are left in tests/artifacts/dashboard/ (gitignored) for a person to 
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -213,6 +214,15 @@ def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
     assert finished["status"] == "succeeded", finished
     wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-status") == "succeeded", 10)
     assert "succeeded" in driver.execute_script(f"return document.querySelector('{row}').innerText")
+    # At 1400 px the list fits its card, even with a long model name from a training run and a big sweep.
+    widths = driver.execute_script(f"""
+        const row = document.querySelector('{row}');
+        row.cells[1].textContent = 'resnet18-imagenet-antialiased-finetune-2026-11-29-run-0042';
+        row.cells[2].textContent = 'imagenet-validation-subset-crop-256';
+        row.cells[4].querySelector('span').textContent = '1,234,567,890 / 1,234,567,890';
+        const card = document.getElementById('evaluations').closest('.card');
+        return [card.scrollWidth, card.clientWidth, document.documentElement.scrollWidth, window.innerWidth];""")
+    assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
     screenshot(driver, "evaluations")
 
     # One evaluation: summary, heatmap, per-class table, fragile samples as images.
@@ -256,6 +266,12 @@ def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
     first = driver.find_element(By.CSS_SELECTOR, f'.sweep[data-sweep-key="{board["sweeps"][0]["sweep_key"]}"]')
     names = [row.get_attribute("data-model") for row in first.find_elements(By.CSS_SELECTOR, "tbody tr")]
     assert names == [item["model_name"] for item in board["sweeps"][0]["items"]]
+    # The ranked metric once, with clean accuracy beside it.
+    headers = [th.get_attribute("textContent") for th in first.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert headers == ["Rank", "Model", "consistency", "Clean acc.", "Mean acc.", "Worst case", "Evaluation", "Finished"]
+    cells = first.find_elements(By.CSS_SELECTOR, "tbody tr:first-child td")
+    top = board["sweeps"][0]["items"][0]
+    assert cells[3].text == f"{top['summary']['clean_accuracy'] * 100:.1f}%"
     screenshot(driver, "leaderboard")
 
 
@@ -275,3 +291,27 @@ def test_dashboard_shows_another_tenant_nothing(pg_stack, evaluations, browser):
 def test_the_service_root_leads_to_the_dashboard(pg_stack):
     response = requests.get(pg_stack.url + "/", allow_redirects=False, timeout=5)
     assert response.status_code == 302 and response.headers["Location"].endswith("/dashboard/")
+
+
+def test_pages_link_a_favicon(pg_stack):
+    from urllib.parse import urljoin
+
+    for path in ("/dashboard/", "/dashboard/leaderboard", "/docs"):
+        page = requests.get(pg_stack.url + path, timeout=10)
+        icons = re.findall(r'<link rel="icon" type="image/png" href="([^"]+)"', page.text)
+        assert len(icons) == 1, (path, icons)
+        icon = requests.get(urljoin(pg_stack.url + path, icons[0]), timeout=10)
+        assert icon.status_code == 200 and icon.headers["Content-Type"] == "image/png", (path, icons)
+        assert Image.open(io.BytesIO(icon.content)).size == (32, 32)
+
+
+def test_docs_page_has_a_proper_title_in_chromium(pg_stack, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(pg_stack.url + "/docs")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "details.op"))
+    title, heading = browser.title, browser.find_element(By.ID, "title").text
+    assert title == heading == "ShiftScore REST API"
+    assert "API version 1" in browser.find_element(By.ID, "version").text
+    link = browser.find_element(By.CSS_SELECTOR, 'a[href="docs/metrics"]')
+    assert link.get_attribute("href") == pg_stack.url + "/docs/metrics"

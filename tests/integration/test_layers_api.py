@@ -44,6 +44,15 @@ def test_layer_profile_of_a_registry_model_equals_the_engine(alice, tmp_path):
     assert done["status"] == "succeeded", done
     assert done["request"]["layers"] is True
     items = alice.get(f"/v1/evaluations/{done['id']}/layers").json()["items"]
+    # The profile pages like every list: four layers a page reassemble the whole.
+    paged, params = [], {"limit": 4}
+    while True:
+        page = alice.get(f"/v1/evaluations/{done['id']}/layers", params=params).json()
+        paged.append(page["items"])
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": 4, "cursor": page["next_cursor"]}
+    assert [len(p) for p in paged] == [4, 4, 1] and [i for p in paged for i in p] == items
     images, _ = digits_arrays()
     grid = build_grid(request["shifts"])
     plan = SweepPlan(grid, "zeros", 0.0, (0.5,), (0.5,), (8, 8))

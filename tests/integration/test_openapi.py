@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import requests
 from api import create_app
 from api.schemas import EvaluationCreate, EvaluationFilter, ModelUpload
 from shiftscore.settings import Settings
+from tests.stack import ROOT
 
 pytestmark = pytest.mark.integration
 # Longer hunts: SHIFTSCORE_FUZZ_SECONDS=600 SHIFTSCORE_FUZZ_CHECKS=all pytest -k schemathesis
@@ -81,7 +83,7 @@ def test_request_schemas_are_the_validating_classes(document):
     generated = EvaluationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     assert schemas["EvaluationCreate"]["properties"] == generated["properties"]
     assert schemas["EvaluationCreate"]["required"] == generated["required"]
-    assert {"$ref": "#/components/schemas/RangeShifts"} in schemas["EvaluationCreate"]["properties"]["shifts"]["anyOf"]
+    assert {"$ref": "#/components/schemas/RangeShifts"} in schemas["EvaluationCreate"]["properties"]["shifts"]["oneOf"]
     query = {p["name"]: p for p in document["paths"]["/v1/evaluations"]["get"]["parameters"]}
     assert set(query) == set(EvaluationFilter.model_fields)
     assert query["limit"]["schema"]["maximum"] == EvaluationFilter.model_fields["limit"].metadata[1].le
@@ -135,3 +137,32 @@ def test_nul_characters_are_a_400_not_a_500(pg_stack, fuzz_token):
         assert response.status_code == 400, (path, response.text)
         assert response.headers["Content-Type"] == "application/problem+json"
         assert "NUL" in response.json()["detail"]
+
+
+# The internal product spec is not shipped: the product's own docs must stand alone.
+SPEC_REFERENCE = re.compile(r"SPEC\.md|SPEC §|shared/SPEC|\bSPEC's\b")
+
+
+def test_docs_define_the_metrics_and_never_point_at_the_internal_spec(pg_stack, document):
+    readme = (ROOT / "README.md").read_text()
+    served = {path: requests.get(pg_stack.url + path, timeout=10) for path in (
+        "/openapi.json", "/docs", "/docs/assets/docs.js", "/docs/metrics", "/dashboard/", "/dashboard/leaderboard")}
+    texts = {"README.md": readme, **{f"docs/{p.name}": p.read_text() for p in (ROOT / "docs").glob("*.md")},
+             **{path: response.text for path, response in served.items()}}
+    for name, text in texts.items():
+        assert not SPEC_REFERENCE.search(text), f"{name} refers to the internal spec: {SPEC_REFERENCE.search(text)[0]!r}"
+
+    metrics = served["/docs/metrics"]
+    assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+    assert metrics.text == (ROOT / "docs" / "metrics.md").read_text()
+    assert "](docs/metrics.md)" in readme and 'href="docs/metrics"' in served["/docs"].text
+    assert "/docs/metrics" in document["info"]["description"]
+    padding = document["components"]["schemas"]["EvaluationCreate"]["properties"]["padding"]["enum"]
+    for name in (*padding, "fill", "step", "max_samples", "seed", *document["components"]["schemas"]["Summary"]["properties"]):
+        assert f"`{name}`" in metrics.text, name
+    for words in ("bilinear interpolation", "Zhang", "Azulay and Yair Weiss", "Engstrom", "relative to a baseline"):
+        assert words in metrics.text, words
+    # The [0, 1] scaling is said wherever a user declares `input`.
+    for text in (metrics.text, readme, json.dumps(document["components"]["schemas"]["InputSpec"]),
+                 json.dumps(document["components"]["schemas"]["ModelUpload"]["properties"]["input"])):
+        assert "divided by 255" in text and "[0, 1]" in text
