@@ -16,6 +16,7 @@ BENCHMARKS = {
     "memory": "peak RSS for N and 10×N samples",
     "api_latency": "GET /v1/evaluations/{id} p99 at 200 requests/s",
     "batch_size": "forward throughput per batch size (how the default 256 was chosen)",
+    "sandbox": "end to end with models caged vs SHIFTSCORE_SANDBOX=off",
 }
 
 
