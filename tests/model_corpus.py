@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from onnx import GraphProto, ModelProto, SparseTensorProto, TensorProto, external_data_helper, helper
 from torch import nn
 
 
@@ -70,7 +71,8 @@ def _code_member(source: Path) -> str:
 
 def with_file_op(code: bytes, marker: Path) -> bytes:
     """TorchScript source with torch.save(x, marker) before the return, a comment between op and bracket."""
-    payload = f"_pwn = (torch.save  # a comment between the op and its bracket\n      (x, {str(marker)!r}))\n    return "
+    payload = (f"_pwn = (torch.save  # a comment between the op and its bracket\n"
+               f"      (x, {str(marker)!r}))\n    return ")
     text = code.decode()
     assert "    return " in text
     return text.replace("    return ", "    " + payload, 1).encode()
@@ -160,7 +162,7 @@ def _pt2_program_twice(folder: Path, marker: Path) -> Path:
     return copy_zip(source, folder / "twice.pt2", members)
 
 
-def _lower_code(name: str) -> str:
+def _upper_suffix(name: str) -> str:
     return name[:-3] + ".PY"
 
 
@@ -170,7 +172,7 @@ def _upper_folder(name: str) -> str:
 
 ZIP_CASES = [
     ModelCase("torchscript-file-op-after-a-comment", "torchscript", _trick(), "names save()", live=True),
-    ModelCase("torchscript-code-member-in-upper-case", "torchscript", _trick(_lower_code), "names save()",
+    ModelCase("torchscript-code-member-in-upper-case", "torchscript", _trick(_upper_suffix), "names save()",
               live=True),
     ModelCase("torchscript-code-folder-in-upper-case", "torchscript", _trick(_upper_folder), "names save()",
               live=True),
@@ -204,10 +206,8 @@ def run_with_torch(case: ModelCase, path: Path) -> None:
 
 # ---------- ONNX external data ----------
 
-def _external(tensor, location: str):
+def _external(tensor: TensorProto, location: str) -> TensorProto:
     """Point a tensor's bytes at a file, as onnx's external-data helper does."""
-    from onnx import TensorProto, external_data_helper
-
     external_data_helper.set_external_data(tensor, location=location, offset=0, length=4 * 10)
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
@@ -215,10 +215,9 @@ def _external(tensor, location: str):
     return tensor
 
 
-def _onnx(nodes: list, *, initializers: list = (), functions: list = (), opsets: dict[str, int] | None = None):
+def _onnx(nodes: list, *, initializers: list = (), functions: list = (),
+          opsets: dict[str, int] | None = None) -> ModelProto:
     """A model from images [N,1,16,16] to logits [N,10]: the first ten pixels plus `c`, which `nodes` make."""
-    from onnx import TensorProto, helper
-
     flatten = helper.make_node("Flatten", ["images"], ["flat"], axis=1)
     first = helper.make_node("Slice", ["flat", "start", "stop", "axis"], ["first"])
     add = helper.make_node("Add", ["first", "c"], ["logits"])
@@ -234,50 +233,37 @@ def _onnx(nodes: list, *, initializers: list = (), functions: list = (), opsets:
     return helper.make_model(graph, opset_imports=imports, functions=list(functions), ir_version=9)
 
 
-def _ten(name: str):
-    from onnx import TensorProto, helper
-
+def _ten(name: str) -> TensorProto:
     return helper.make_tensor(name, TensorProto.FLOAT, [10], bytes(40), raw=True)
 
 
-def _sparse(secret: str):
-    from onnx import TensorProto, helper
-
+def _sparse(secret: str) -> SparseTensorProto:
     values = _external(_ten("values"), secret)
     indices = helper.make_tensor("indices", TensorProto.INT64, [10], list(range(10)))
     return helper.make_sparse_tensor(values, indices, [10])
 
 
-def onnx_in_function(secret: str):
-    from onnx import helper
-
+def onnx_in_function(secret: str) -> ModelProto:
     constant = helper.make_node("Constant", [], ["out"], value=_external(_ten("stolen"), secret))
     function = helper.make_function("hostile", "Stolen", [], ["out"], [constant], [helper.make_opsetid("", 17)])
     return _onnx([helper.make_node("Stolen", [], ["c"], domain="hostile")], functions=[function],
                  opsets={"hostile": 1})
 
 
-def onnx_in_sparse_attribute(secret: str):
-    from onnx import helper
-
+def onnx_in_sparse_attribute(secret: str) -> ModelProto:
     return _onnx([helper.make_node("Constant", [], ["c"], sparse_value=_sparse(secret))])
 
 
-def onnx_in_sparse_tensors_attribute(secret: str):
-    from onnx import helper
-
+def onnx_in_sparse_tensors_attribute(secret: str) -> ModelProto:
     node = helper.make_node("Constant", [], ["c"], value=_ten("c"))
     node.attribute.append(helper.make_attribute("hidden", [_sparse(secret), _sparse(secret)]))
     return _onnx([node])
 
 
-def onnx_in_nested_subgraph(secret: str):
-    from onnx import TensorProto, helper
-
-    def branch(name: str, nodes: list, initializers: list = ()):
-        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT,
-                                                                               [10])],
-                                 initializer=list(initializers))
+def onnx_in_nested_subgraph(secret: str) -> ModelProto:
+    def branch(name: str, nodes: list, initializers: list = ()) -> GraphProto:
+        output = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [10])
+        return helper.make_graph(nodes, name, [], [output], initializer=list(initializers))
 
     inner = branch("inner", [helper.make_node("Identity", ["stolen"], ["inner_out"])],
                    [_external(_ten("stolen"), secret)])
@@ -290,9 +276,7 @@ def onnx_in_nested_subgraph(secret: str):
                  initializers=[yes])
 
 
-def onnx_external_entries_only(secret: str):
-    from onnx import external_data_helper
-
+def onnx_external_entries_only(secret: str) -> ModelProto:
     model = _onnx([], initializers=[_ten("c")])
     tensor = model.graph.initializer[-1]
     # external_data entries without the EXTERNAL flag: refused too, whatever a runtime makes of them.
@@ -300,9 +284,7 @@ def onnx_external_entries_only(secret: str):
     return model
 
 
-def onnx_plain():
-    from onnx import helper
-
+def onnx_plain() -> ModelProto:
     return _onnx([helper.make_node("Constant", [], ["c"], value=_ten("c"))])
 
 
@@ -311,20 +293,24 @@ ONNX_CASES = [
     ("onnx-external-data-in-a-function", onnx_in_function, "model.functions[0].node[0].attribute[0].t"),
     ("onnx-external-data-in-a-sparse-attribute", onnx_in_sparse_attribute,
      "attribute[0].sparse_tensor.values"),
-    ("onnx-external-data-in-sparse-tensors", onnx_in_sparse_tensors_attribute, "attribute[1].sparse_tensors[0].values"),
+    ("onnx-external-data-in-sparse-tensors", onnx_in_sparse_tensors_attribute,
+     "attribute[1].sparse_tensors[0].values"),
     ("onnx-external-data-in-a-nested-subgraph", onnx_in_nested_subgraph,
      "g.node[0].attribute[1].g.initializer[0]"),
     ("onnx-external-data-entries-only", onnx_external_entries_only, "model.graph.initializer[3]"),
 ]
 
 
-def write_onnx(model, path: Path) -> Path:
+def write_onnx(model: ModelProto, path: Path) -> Path:
     path.write_bytes(model.SerializeToString())
     return path
 
 
+# The embedded default's database, relative to the worker's working directory, where ONNX
+# resolves external data: what an attacker would read into the model's weights.
+SECRET = "var/shiftscore.sqlite3"
+
 ONNX_MODEL_CASES = [
-    ModelCase(case, "onnx", lambda folder, marker, build=build: write_onnx(build(str(marker)), folder / "m.onnx"),
-              where)
+    ModelCase(case, "onnx", lambda folder, _, build=build: write_onnx(build(SECRET), folder / "m.onnx"), where)
     for case, build, where in ONNX_CASES
 ]

@@ -20,21 +20,21 @@ import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 
 class ArchiveError(ValueError):
     """An archive that ShiftScore refuses to hand to torch; the message is for the user."""
 
 
-def open_zip(path: Path, what: str) -> zipfile.ZipFile:
-    """Open `path` as a zip archive whose every member torch and Python read alike, or raise ArchiveError."""
+def open_zip(source: Path | BinaryIO, what: str) -> zipfile.ZipFile:
+    """Open a zip archive whose every member torch and Python read alike, or raise ArchiveError."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ArchiveError(f"the file is not {what} (not a readable zip archive: {exc})") from exc
     try:
-        check_members(archive, path)
+        check_members(archive)
     except BaseException:
         archive.close()
         raise
@@ -56,7 +56,7 @@ _NOT_PLAIN = " (torch's and Python's zip readers could see different files; writ
 _MISPLACED = f"the archive's directory is not where or what its end record says{_NOT_PLAIN}"
 
 
-def check_members(archive: zipfile.ZipFile, path: Path) -> None:
+def check_members(archive: zipfile.ZipFile) -> None:
     """Refuse repeated or case-folded member names, odd names, and a directory that disagrees with the members."""
     seen: dict[str, str] = {}
     for info in archive.infolist():
@@ -71,9 +71,10 @@ def check_members(archive: zipfile.ZipFile, path: Path) -> None:
                 f"the archive members {other[:200]!r} and {name[:200]!r} differ only by letter case{_NOT_PLAIN}"
             )
         seen[name.lower()] = name
-    with path.open("rb") as file:
-        _check_directory(file, archive)
-        _check_local_headers(file, archive)
+    # zipfile seeks before every read of its own, so these reads may share its file.
+    file = cast(BinaryIO, archive.fp)
+    _check_directory(file, archive)
+    _check_local_headers(file, archive)
 
 
 def _check_directory(file: BinaryIO, archive: zipfile.ZipFile) -> None:
@@ -410,11 +411,7 @@ def _tensor_global(module: str, name: str) -> bool:
 
 def _check_tensor_file(data: bytes, member: str) -> None:
     """Refuse an embedded torch.save file whose pickles hold anything but tensors."""
-    try:
-        inner = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"the archive member {member!r} is not a torch.save zip file") from exc
-    with inner:
+    with open_zip(io.BytesIO(data), f"a torch.save zip file (the archive member {member!r})") as inner:
         for name in inner.namelist():
             if name.endswith(".pkl"):
                 check_pickle(read_member(inner, name), _tensor_global, f"{member}:{name}")

@@ -419,7 +419,8 @@ def test_hostile_model_files_are_invalid_and_run_nothing(alice, model_files, tmp
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ({"channels": 64, "height": 4096, "width": 4096}, "1,073,741,824 values per image; ShiftScore takes at most 3,145,728"),
+    ({"channels": 64, "height": 4096, "width": 4096},
+     "1,073,741,824 values per image; ShiftScore takes at most 3,145,728"),
     ({"channels": 65, "height": 8, "width": 8}, "channels is 65; ShiftScore takes at most 64"),
     ({"channels": 1, "height": 4097, "width": 8}, "height is 4097; ShiftScore takes at most 4096"),
     ({"channels": 1, "height": 8, "width": 5000}, "width is 5000; ShiftScore takes at most 4096"),
