@@ -25,6 +25,11 @@ SCALING = ("pixels are divided by 255 to [0, 1] before (x - mean) / std, so mean
            "std [0.229, 0.224, 0.225])")
 PIXEL_SCALE = ("Pixels are divided by 255 to [0, 1] first, then normalized per channel as (x - mean) / std: "
                "give mean and std on the [0, 1] scale, one value per channel or one for all.")
+# Limits on a declared input: the worker feeds the model batches of this size, so an
+# input of 64×4096×4096 would ask gigabytes of one forward pass. Rules, hence 422.
+MAX_INPUT_CHANNELS = 64
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_VALUES = 3 * 1024 * 1024  # channels × height × width of one image
 
 
 class InputSpec(Strict):
@@ -32,9 +37,10 @@ class InputSpec(Strict):
 
     model_config = ConfigDict(json_schema_extra={"description": PIXEL_SCALE})
 
-    channels: int = Field(ge=1, le=64)
-    height: int = Field(ge=1, le=4096)
-    width: int = Field(ge=1, le=4096)
+    channels: int = Field(ge=1, description=f"at most {MAX_INPUT_CHANNELS}")
+    height: int = Field(ge=1, description=f"at most {MAX_INPUT_SIDE}")
+    width: int = Field(ge=1, description=f"at most {MAX_INPUT_SIDE}; channels × height × width at most "
+                                         f"{MAX_INPUT_VALUES:,}")
     mean: float | list[float] = Field(default=0.0, description="in [0, 1]; subtracted after pixels are divided by 255")
     std: float | list[float] = Field(default=1.0, description="in (0, 1]; divides after the mean is subtracted")
 
@@ -48,6 +54,17 @@ class InputSpec(Strict):
 
     def normalized(self) -> dict[str, Any]:
         """The spec with mean and std as lists of one value or one per channel; ValueError says what to fix."""
+        if self.channels > MAX_INPUT_CHANNELS:
+            raise ValueError(f"channels is {self.channels}; ShiftScore takes at most {MAX_INPUT_CHANNELS}")
+        for side in ("height", "width"):
+            if getattr(self, side) > MAX_INPUT_SIDE:
+                raise ValueError(f"{side} is {getattr(self, side)}; ShiftScore takes at most {MAX_INPUT_SIDE}")
+        values = self.channels * self.height * self.width
+        if values > MAX_INPUT_VALUES:
+            raise ValueError(
+                f"{self.channels}×{self.height}×{self.width} is {values:,} values per image; ShiftScore takes at most "
+                f"{MAX_INPUT_VALUES:,} (3×1024×1024); declare the size the model was trained on"
+            )
         spec = self.model_dump()
         for key in ("mean", "std"):
             values = spec[key] if isinstance(spec[key], list) else [spec[key]]

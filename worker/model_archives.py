@@ -16,22 +16,115 @@ import io
 import json
 import pickletools
 import re
+import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 
 class ArchiveError(ValueError):
     """An archive that ShiftScore refuses to hand to torch; the message is for the user."""
 
 
-def open_zip(path: Path, what: str) -> zipfile.ZipFile:
-    """Open `path` as a zip archive or raise ArchiveError naming the expected format."""
+def open_zip(source: Path | BinaryIO, what: str) -> zipfile.ZipFile:
+    """Open a zip archive whose every member torch and Python read alike, or raise ArchiveError."""
     try:
-        return zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ArchiveError(f"the file is not {what} (not a readable zip archive: {exc})") from exc
+    try:
+        check_members(archive)
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+# Why: torch reads archives with miniz, these checks with Python's zipfile, and
+# the two disagree on ambiguous archives. miniz looks names up ignoring ASCII
+# case and takes the first of two equal names; zipfile keeps the last and
+# matches case exactly; miniz trusts the directory's offsets where zipfile
+# corrects them for data prepended to the archive. torch.jit.save,
+# torch.export.save and torch.save write none of these ambiguities, so any one
+# of them is refused rather than resolved.
+_END = b"PK\x05\x06"
+_END64_LOCATOR = b"PK\x06\x07"
+_END64 = b"PK\x06\x06"
+_LOCAL = b"PK\x03\x04"
+_NOT_PLAIN = " (torch's and Python's zip readers could see different files; write it again with torch)"
+_MISPLACED = f"the archive's directory is not where or what its end record says{_NOT_PLAIN}"
+
+
+def check_members(archive: zipfile.ZipFile) -> None:
+    """Refuse repeated or case-folded member names, odd names, and a directory that disagrees with the members."""
+    seen: dict[str, str] = {}
+    for info in archive.infolist():
+        name = info.orig_filename
+        if not name.isascii() or not name.isprintable() or "\\" in name:
+            raise ArchiveError(f"the archive member name {name[:100]!r} is not plain printable ASCII{_NOT_PLAIN}")
+        other = seen.get(name.lower())
+        if other == name:
+            raise ArchiveError(f"the archive holds the member {name[:200]!r} more than once{_NOT_PLAIN}")
+        if other is not None:
+            raise ArchiveError(
+                f"the archive members {other[:200]!r} and {name[:200]!r} differ only by letter case{_NOT_PLAIN}"
+            )
+        seen[name.lower()] = name
+    # zipfile seeks before every read of its own, so these reads may share its file.
+    file = cast(BinaryIO, archive.fp)
+    _check_directory(file, archive)
+    _check_local_headers(file, archive)
+
+
+def _check_directory(file: BinaryIO, archive: zipfile.ZipFile) -> None:
+    """Refuse an archive whose end record is not last, or whose directory is not where and what it says."""
+    file.seek(0, io.SEEK_END)
+    size = file.tell()
+    file.seek(max(0, size - 22))
+    end = file.read(22)
+    # A comment or trailing bytes would let each reader pick a different end record.
+    if len(end) != 22 or end[:4] != _END or end[20:22] != b"\0\0":
+        raise ArchiveError(f"the archive does not end with its directory record{_NOT_PLAIN}")
+    count, offset = int.from_bytes(end[10:12], "little"), int.from_bytes(end[16:20], "little")
+    file.seek(max(0, size - 42))
+    locator = file.read(20)
+    if locator[:4] == _END64_LOCATOR:
+        file.seek(int.from_bytes(locator[8:16], "little"))
+        record = file.read(56)
+        if record[:4] != _END64:
+            raise ArchiveError(_MISPLACED)
+        count64, offset64 = int.from_bytes(record[32:40], "little"), int.from_bytes(record[48:56], "little")
+        if count not in (0xFFFF, count64) or offset not in (0xFFFFFFFF, offset64):
+            raise ArchiveError(_MISPLACED)
+        count, offset = count64, offset64
+    # zipfile reads entries until the directory's size is used up, miniz reads `count` of them; zipfile
+    # shifts every offset by the bytes in front of the archive, miniz does not.
+    if count != len(archive.infolist()) or offset != archive.start_dir:
+        raise ArchiveError(_MISPLACED)
+
+
+def _check_local_headers(file: BinaryIO, archive: zipfile.ZipFile) -> None:
+    """Refuse members whose local header names another file, or whose bytes overlap another member's."""
+    spans = []
+    for info in archive.infolist():
+        file.seek(info.header_offset)
+        header = file.read(30)
+        name_length = int.from_bytes(header[26:28], "little")
+        extra_length = int.from_bytes(header[28:30], "little")
+        local_name = file.read(name_length)
+        if (len(header) != 30 or header[:4] != _LOCAL or local_name != info.orig_filename.encode("ascii")
+                or int.from_bytes(header[8:10], "little") != info.compress_type):
+            raise ArchiveError(
+                f"the archive member {info.orig_filename[:200]!r} does not match its local header{_NOT_PLAIN}"
+            )
+        spans.append((info.header_offset, info.header_offset + 30 + name_length + extra_length + info.compress_size))
+    spans.sort()
+    ends = [0] + [stop for _, stop in spans]
+    if any(start < previous for (start, _), previous in zip(spans, ends)) or ends[-1] > archive.start_dir:
+        raise ArchiveError(f"the archive's members overlap one another or its directory{_NOT_PLAIN}")
+    if spans and spans[0][0] != 0:
+        raise ArchiveError(f"the archive has data in front of its first member{_NOT_PLAIN}")
 
 
 def archive_root(names: list[str], what: str) -> str:
@@ -128,7 +221,13 @@ def _torchscript_global(module: str, name: str) -> bool:
 
 
 # TorchScript ops that touch the file system; no image model needs them at load or run time.
-_TORCHSCRIPT_FILE_OPS = re.compile(r"\b(save|from_file|load_tensor|_load_for_mobile)\s*\(")
+# Why a bare word anywhere, strings and comments included: a pattern that knows
+# where a call starts (`save(`) falls to a comment or a line break between the
+# name and its bracket, and only TorchScript's own lexer knows for sure where a
+# comment or a string ends. Generated TorchScript holds no comments, and no
+# image model names these words, so matching them everywhere costs nothing.
+_TORCHSCRIPT_FILE_OPS = re.compile(r"(?<![A-Za-z0-9_])(save|from_file|load_tensor|_load_for_mobile)(?![A-Za-z0-9_])",
+                                   re.IGNORECASE)
 
 
 def check_torchscript(path: Path) -> None:
@@ -137,25 +236,34 @@ def check_torchscript(path: Path) -> None:
     with open_zip(path, what) as archive:
         names = [info.filename for info in archive.infolist() if not info.is_dir()]
         root = archive_root(names, what)
-        if f"{root}/data.pkl" not in names or not any(n.startswith(f"{root}/code/") for n in names):
+        # torch finds members whatever their letter case (open_zip made names unique ignoring it).
+        lowered = {name: name.lower() for name in names}
+        code = f"{root}/code/".lower()
+        if f"{root}/data.pkl".lower() not in lowered.values() or not any(n.startswith(code) for n in lowered.values()):
             raise ArchiveError(
                 f"the file is not {what}: it has no data.pkl and code/ folder "
                 "(a torch.save checkpoint needs format 'state_dict')"
             )
-        for name in names:
-            if name.endswith((".pkl", ".debug_pkl")):
+        for name, lower in lowered.items():
+            if lower.endswith((".pkl", ".debug_pkl")):
                 check_pickle(read_member(archive, name), _torchscript_global, name)
-            elif name.startswith(f"{root}/code/") and name.endswith(".py"):
-                try:
-                    code = read_member(archive, name).decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ArchiveError(f"the archive member {name!r} is not TorchScript source") from exc
-                match = _TORCHSCRIPT_FILE_OPS.search(code)
-                if match:
-                    raise ArchiveError(
-                        f"the TorchScript code in {name!r} calls {match.group(1)}(), which reads or writes "
-                        "files; ShiftScore refuses models that touch the file system"
-                    )
+            elif lower.startswith(code):
+                _check_torchscript_code(read_member(archive, name), name)
+
+
+def _check_torchscript_code(data: bytes, name: str) -> None:
+    """Refuse TorchScript source that names a file-system op."""
+    try:
+        # NFKC: Python folds compatibility characters in names (a fullwidth ｓ is an s).
+        code = unicodedata.normalize("NFKC", data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(f"the archive member {name!r} is not TorchScript source") from exc
+    match = _TORCHSCRIPT_FILE_OPS.search(code)
+    if match:
+        raise ArchiveError(
+            f"the TorchScript code in {name!r} names {match.group(1)}(), an operation that reads or writes "
+            "files; ShiftScore refuses models that touch the file system"
+        )
 
 
 _PT2_MEMBER = re.compile(
@@ -303,11 +411,7 @@ def _tensor_global(module: str, name: str) -> bool:
 
 def _check_tensor_file(data: bytes, member: str) -> None:
     """Refuse an embedded torch.save file whose pickles hold anything but tensors."""
-    try:
-        inner = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"the archive member {member!r} is not a torch.save zip file") from exc
-    with inner:
+    with open_zip(io.BytesIO(data), f"a torch.save zip file (the archive member {member!r})") as inner:
         for name in inner.namelist():
             if name.endswith(".pkl"):
                 check_pickle(read_member(inner, name), _tensor_global, f"{member}:{name}")
@@ -361,3 +465,9 @@ def check_exported(path: Path) -> None:
                 except Exception as exc:
                     raise ArchiveError(f"the archive member {name!r} is not valid JSON") from exc
                 check_program(program, name)
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a torch.save zip checkpoint that torch and Python's zipfile could read differently."""
+    # torch's weights-only unpickler guards the contents; this guards which bytes it is given.
+    open_zip(path, "a torch.save checkpoint").close()

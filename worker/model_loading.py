@@ -12,7 +12,9 @@ import math
 import os
 import re
 import types
+import unicodedata
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,24 @@ TASKS = ("classification", "segmentation")
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
+# Messages end up in API responses and the dashboard; model code chooses the
+# text of its own exceptions, so what it can put there is kept short and plain.
+MAX_MESSAGE_CHARS = 500
+
+
 class ModelLoadError(Exception):
     """A model that cannot be loaded or does not fit its declared input; the message is for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(bound_text(message))
+
+
+def bound_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Return `text` as one plain line for a user: no control or format characters, at most `limit` characters."""
+    # Cut first so a gigabyte of text costs no more than a page.
+    plain = "".join(" " if unicodedata.category(char)[0] == "C" else char for char in text[: limit * 8])
+    plain = " ".join(plain.split())
+    return plain if len(plain) <= limit else plain[: limit - 1].rstrip() + "…"
 
 
 def load_model(
@@ -62,15 +80,21 @@ def load_model(
     except Exception as exc:
         # Hostile or damaged files make torch raise anything from RuntimeError
         # to AssertionError; the user gets one kind of error with its first line.
-        raise ModelLoadError(f"could not load the file as format '{fmt}': {_first_line(exc)}") from exc
+        raise ModelLoadError(f"could not load the file as format '{fmt}': {_excerpt(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    """Return the first sentence of an exception message (C++ errors carry advice and stack traces)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip().split(". ", 1)[0][:300]
-    return type(exc).__name__
+# TorchScript's interpreter starts its errors with a generic line and ends them,
+# after a traceback, with the cause: "RuntimeError: mat1 and mat2 shapes ...".
+_CAUSE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): (?P<cause>\S.*)$")
+
+
+def _excerpt(exc: BaseException, limit: int = 300) -> str:
+    """Return the line of an exception message that says what went wrong, bounded for a user message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [match.group("cause") for match in map(_CAUSE.match, lines) if match]
+    line = causes[-1] if causes else lines[0] if lines else type(exc).__name__
+    # C++ errors go on with advice and stack traces after the first sentence.
+    return bound_text(line.split(". ", 1)[0], limit)
 
 
 def _load_torchscript(path: Path, architecture: str | None, options: dict[str, Any], spec: dict[str, Any]) -> Model:
@@ -172,13 +196,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             loaded: Any = load_file(str(path), device="cpu")
         except Exception as exc:
-            raise ModelLoadError(f"the safetensors file is damaged: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"the safetensors file is damaged: {_excerpt(exc)}") from exc
     else:
         with path.open("rb") as file:
             head = file.read(4)
         # A torch.save file is a zip (current) or a bare pickle (legacy).
         if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
             raise ModelLoadError("the file is neither a safetensors file nor a torch.save checkpoint")
+        if head.startswith(b"PK\x03\x04"):
+            model_archives.check_checkpoint(path)
         try:
             # A file object, not the path: torch.load picks a loader by extension otherwise.
             with path.open("rb") as file, warnings.catch_warnings():
@@ -191,7 +217,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                     "the checkpoint contains Python objects other than tensors, which ShiftScore never "
                     "unpickles; save model.state_dict() (safetensors preferred)"
                 ) from exc
-            raise ModelLoadError(f"the checkpoint cannot be read: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"the checkpoint cannot be read: {_excerpt(exc)}") from exc
     if not isinstance(loaded, Mapping):
         raise ModelLoadError(
             f"the checkpoint holds a {type(loaded).__name__}, not a mapping of parameter names to tensors; "
@@ -275,21 +301,26 @@ class OnnxModel:
 _ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
-def _onnx_tensors(graph: Any) -> Iterator[Any]:
-    """Yield every tensor stored in an ONNX graph, its node attributes and its subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _onnx_tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _onnx_tensors(subgraph)
+def _onnx_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    """Yield (where, tensor) for every TensorProto anywhere in an ONNX model."""
+    # Every message, not a list of known places: tensors also hide in functions,
+    # sparse-tensor attributes, subgraphs at any depth and training graphs, and
+    # a walk over all fields cannot miss one that a later ONNX version adds.
+    from google.protobuf.message import Message
+    from onnx import TensorProto
+
+    # Breadth first, with a queue rather than recursion: nesting depth is the uploader's choice.
+    queue: deque[tuple[str, Any]] = deque([("model", model)])
+    while queue:
+        where, message = queue.popleft()
+        if isinstance(message, TensorProto):
+            yield where, message
+            continue
+        for field, value in message.ListFields():
+            if isinstance(value, Message):
+                queue.append((f"{where}.{field.name}", value))
+            elif field.message_type is not None:
+                queue.extend((f"{where}.{field.name}[{index}]", item) for index, item in enumerate(value))
 
 
 def _load_onnx(path: Path, architecture: str | None, options: dict[str, Any], spec: dict[str, Any]) -> Model:
@@ -301,15 +332,16 @@ def _load_onnx(path: Path, architecture: str | None, options: dict[str, Any], sp
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise ModelLoadError(f"the file is not an ONNX model: {_first_line(exc)}") from exc
-    tensors = list(_onnx_tensors(proto.graph))
+        raise ModelLoadError(f"the file is not an ONNX model: {_excerpt(exc)}") from exc
     # External data names files by path; reading them would let a model pull
     # arbitrary files from the worker into its weights.
-    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in tensors):
-        raise ModelLoadError(
-            "the ONNX model keeps weights in external data files; save it as a single file "
-            "(onnx.save(model, path, save_as_external_data=False))"
-        )
+    for where, tensor in _onnx_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise ModelLoadError(
+                f"the ONNX model keeps the tensor {tensor.name[:100]!r} ({where}) in an external data file; "
+                "ShiftScore loads single-file models only: save it with "
+                "onnx.save(model, path, save_as_external_data=False)"
+            )
     session_options = onnxruntime.SessionOptions()
     session_options.intra_op_num_threads = torch.get_num_threads()
     session_options.inter_op_num_threads = 1
@@ -384,7 +416,11 @@ def _explain_failure(exc: Exception, channels: int, height: int, width: int) -> 
             return f"the model's first layer takes {expected} channels; input declares {got}"
         side = "height" if index == 2 else "width"
         return f"the model takes images of {side} {expected}; input declares {side} {got}"
-    return f"the model fails on a batch of {channels}x{height}x{width} inputs (the declared input): {_first_line(exc)}"
+    detail = _excerpt(exc)
+    hint = ""
+    if re.search(r"shape|size|dimension", detail, re.IGNORECASE):
+        hint = f"; check the declared input height and width ({height}x{width}): the model may take another size"
+    return f"the model fails on a batch of {channels}x{height}x{width} inputs (the declared input): {detail}{hint}"
 
 
 def _run(model: Model, images: torch.Tensor, shape: tuple[int, int, int], what: str) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 
 from examples.train_digits_cnn import DigitsCNN
 from tests.dataset_corpus import CASES, Case, encode, tar_files, write_tar, write_zip
+from tests.model_corpus import ONNX_MODEL_CASES, ZIP_CASES
 from tests.models import DIGITS_INPUT, digits_arrays, save_torchscript
 from tests.reference import reference_metrics, reference_shift
 from tests.stack import Stack, free_port
@@ -415,6 +416,64 @@ def test_hostile_model_files_are_invalid_and_run_nothing(alice, model_files, tmp
     for case in ("torchscript-data-pkl-pickle", "pt2-pickled-sample-inputs"):
         assert "io.open" in messages[case], messages[case]
     assert "pickled" in messages["pt2-pickled-weight"]
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"channels": 64, "height": 4096, "width": 4096},
+     "1,073,741,824 values per image; ShiftScore takes at most 3,145,728"),
+    ({"channels": 65, "height": 8, "width": 8}, "channels is 65; ShiftScore takes at most 64"),
+    ({"channels": 1, "height": 4097, "width": 8}, "height is 4097; ShiftScore takes at most 4096"),
+    ({"channels": 1, "height": 8, "width": 5000}, "width is 5000; ShiftScore takes at most 4096"),
+], ids=["values", "channels", "height", "width"])
+def test_declared_inputs_beyond_the_limits_are_422(alice, digits_model_file, spec: dict, fragment: str) -> None:
+    with digits_model_file.open("rb") as handle:
+        response = alice.post("/v1/models", files={"file": handle},
+                              data={"name": "huge", "format": "torchscript", "input": json.dumps(spec)})
+    assert_problem(response, 422, fragment)
+
+
+def test_a_declared_input_at_the_limit_is_accepted(alice, digits_model_file) -> None:
+    model = alice.upload_model(digits_model_file, {"channels": 3, "height": 1024, "width": 1024})
+    assert model["input"]["channels"] * model["input"]["height"] * model["input"]["width"] == 3 * 1024 * 1024
+    done = alice.wait_model(model["id"])  # the file is an 8×8 grayscale model: invalid, but at a 4xx-free edge
+    assert done["status"] == "invalid" and "1 channels; input declares 3" in done["error"], done
+
+
+def test_tricked_model_files_are_invalid_and_run_nothing(alice, digits_model, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    uploaded = []
+    for case in ZIP_CASES + ONNX_MODEL_CASES:
+        folder = tmp_path / case.id
+        folder.mkdir()
+        uploaded.append((case, upload(alice, case.build(folder, marker), case.format, LENET_SPEC)))
+    for case, model in uploaded:
+        done = alice.wait_model(model["id"])
+        assert done["status"] == "invalid" and case.message in done["error"], (case, done)
+    assert not marker.exists(), "a tricked model file ran code in the worker"
+    after = evaluate(alice, digits_model["id"], "digits", max_samples=50)
+    assert after["status"] == "succeeded", after
+
+
+def test_model_error_text_reaches_the_user_bounded_with_its_cause(alice, tmp_path: Path) -> None:
+    wrong_size = alice.wait_model(alice.upload_model(save_torchscript(DigitsCNN().eval(), tmp_path / "d.pt"),
+                                                     {**DIGITS_INPUT, "height": 28, "width": 28})["id"])
+    assert wrong_size["status"] == "invalid", wrong_size
+    assert "shapes cannot be multiplied" in wrong_size["error"], wrong_size
+    assert "check the declared input height and width (28x28)" in wrong_size["error"], wrong_size
+    shouts = alice.wait_model(alice.upload_model(save_torchscript(Shouts(), tmp_path / "s.pt"), DIGITS_INPUT)["id"])
+    assert shouts["status"] == "invalid" and "secret" in shouts["error"], shouts
+    assert len(shouts["error"]) <= 500 and shouts["error"].isprintable(), shouts
+
+
+class Shouts(nn.Module):
+    """Raises a long message with control characters, as a model leaking data through its errors would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = "\x1b[31msecret\x07" + "A" * 100_000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(self.text)
 
 
 def test_every_format_gives_identical_results(alice, model_files, tmp_path: Path) -> None:

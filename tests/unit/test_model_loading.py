@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -15,8 +16,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.model_corpus import (
+    ONNX_MODEL_CASES, ZIP_CASES, ModelCase, copy_zip, exported_program, onnx_plain, run_with_torch, tiny_torchscript,
+    write_onnx,
+)
 from worker import architectures, model_archives
-from worker.model_loading import FORMATS, ModelLoadError, OnnxModel, count_parameters, load_model, validate_model
+from worker.model_loading import (
+    FORMATS, MAX_MESSAGE_CHARS, ModelLoadError, OnnxModel, bound_text, count_parameters, load_model, validate_model,
+)
 
 # 16x16: LeNet's second pooling leaves 4x4, which the legacy ONNX exporter needs (a factor of its 4x4 grid).
 SPEC = {"channels": 1, "height": 16, "width": 16, "mean": [0.5], "std": [0.25]}
@@ -313,6 +320,106 @@ def test_onnx_external_data_is_refused(files: dict[str, Path], tmp_path: Path) -
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelLoadError, match="external data"):
         load("onnx", path)
+
+
+# ---------- archive tricks, disguised file ops, ONNX external data (issue 10) ----------
+
+@pytest.mark.parametrize("case", ZIP_CASES + ONNX_MODEL_CASES, ids=repr)
+def test_tricked_files_are_refused_with_a_clear_message(case: ModelCase, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    path = case.build(tmp_path, marker)
+    with pytest.raises(ModelLoadError) as caught:
+        validate_model(load(case.format, path), SPEC)  # a payload in forward() would only fire when run
+    assert case.message in str(caught.value)
+    assert not marker.exists(), f"{case} created the marker file"
+
+
+@pytest.mark.parametrize("case", [c for c in ZIP_CASES if c.live], ids=repr)
+def test_tricked_files_would_run_their_payload_in_torch(case: ModelCase, tmp_path: Path) -> None:
+    # The refusal above is all that stands between these files and the worker: torch alone runs them.
+    marker = tmp_path / "PWNED"
+    path = case.build(tmp_path, marker)
+    with contextlib.suppress(Exception):  # the .pt2 payload runs while torch parses the program, then it fails
+        run_with_torch(case, path)
+    assert marker.exists()
+
+
+def test_the_corpus_base_models_load(tmp_path: Path) -> None:
+    assert validate_model(load("torchscript", tiny_torchscript(tmp_path / "tiny.pt")), SPEC)["num_outputs"] == 10
+    assert validate_model(load("exported", exported_program(tmp_path / "tiny.pt2")), SPEC)["num_outputs"] == 10
+    assert validate_model(load("onnx", write_onnx(onnx_plain(), tmp_path / "m.onnx")), SPEC)["num_outputs"] == 10
+
+
+def test_archives_written_by_zipfile_without_tricks_load(tmp_path: Path) -> None:
+    plain = copy_zip(tiny_torchscript(tmp_path / "tiny.pt"), tmp_path / "copy.pt", lambda name, data: [(name, data)])
+    assert validate_model(load("torchscript", plain), SPEC)["num_outputs"] == 10
+
+
+@pytest.mark.parametrize("code", [
+    "_0 = torch.save(x, 'f')",
+    "_0 = (torch.save  # why not\n  (x, 'f'))",
+    "_0 = (torch.save\\\n(x, 'f'))",
+    "_0 = torch.SAVE(x, 'f')",
+    "_0 = torch.\uff53ave(x, 'f')",  # a fullwidth s, which NFKC folds to s
+    "_0 = torch.from_file('f')",
+    "_0 = ops.debugprims.load_tensor('f', [1], [1], dtype=6, device='cpu')",
+])
+def test_file_ops_are_found_however_written(code: str) -> None:
+    with pytest.raises(model_archives.ArchiveError, match="reads or writes files"):
+        model_archives._check_torchscript_code(code.encode(), "archive/code/__torch__.py")
+
+
+def test_code_without_file_ops_passes() -> None:
+    model_archives._check_torchscript_code(b"_0 = torch.flatten(x, 1)  # saved_by, save_path, unsave", "code.py")
+
+
+def test_every_torchscript_op_that_takes_a_file_name_is_refused() -> None:
+    # A new op with a file argument in a later torch must land on the list, not slip past it.
+    names = {schema.name.split("::")[1] for schema in torch._C._jit_get_all_schemas()
+             if any(argument.name in {"filename", "file", "path"} and str(argument.type) == "str"
+                    for argument in schema.arguments)}
+    assert names and all(model_archives._TORCHSCRIPT_FILE_OPS.fullmatch(name) for name in names), names
+
+
+# ---------- error text from model code ----------
+
+class Shouts(torch.nn.Module):
+    """Raises a long message full of control characters, as a model exfiltrating data through errors would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = "\u202esecret\x1b[31m\x07\x7f" + "A" * 100_000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(self.text)
+
+
+def test_model_error_text_is_bounded_and_plain(tmp_path: Path) -> None:
+    path = tmp_path / "shouts.pt"
+    torch.jit.script(Shouts()).save(str(path))
+    with pytest.raises(ModelLoadError) as caught:
+        validate_model(load("torchscript", path), SPEC)
+    message = str(caught.value)
+    assert "secret" in message and message.endswith("A…") and len(message) <= MAX_MESSAGE_CHARS
+    assert all(char.isprintable() for char in message) and "\u202e" not in message
+
+
+def test_bound_text_keeps_short_text_and_cuts_long_text() -> None:
+    assert bound_text("a\tb\n\n c\x07") == "a b c"
+    assert bound_text("x" * 1000, 10) == "x" * 9 + "…"
+
+
+def test_wrong_declared_size_names_the_shape_mismatch(tmp_path: Path) -> None:
+    from examples.train_digits_cnn import DigitsCNN
+
+    path = tmp_path / "digits.pt"
+    torch.jit.script(DigitsCNN().eval()).save(str(path))
+    spec = {"channels": 1, "height": 28, "width": 28, "mean": [0.5], "std": [0.5]}
+    with pytest.raises(ModelLoadError) as caught:
+        validate_model(load("torchscript", path, spec), spec)
+    message = str(caught.value)
+    assert "TorchScript interpreter" not in message
+    assert "shapes cannot be multiplied" in message and "check the declared input height and width" in message
 
 
 # ---------- damaged files ----------
