@@ -80,7 +80,7 @@ def load_model(
     except Exception as exc:
         # Hostile or damaged files make torch raise anything from RuntimeError
         # to AssertionError; the user gets one kind of error with its first line.
-        raise ModelLoadError(f"could not load the file as format '{fmt}': {_excerpt(exc)}") from exc
+        raise ModelLoadError(f"could not load the file as format '{fmt}': {excerpt(exc)}") from exc
 
 
 # TorchScript's interpreter starts its errors with a generic line and ends them,
@@ -88,7 +88,7 @@ def load_model(
 _CAUSE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): (?P<cause>\S.*)$")
 
 
-def _excerpt(exc: BaseException, limit: int = 300) -> str:
+def excerpt(exc: BaseException, limit: int = 300) -> str:
     """Return the line of an exception message that says what went wrong, bounded for a user message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     causes = [match.group("cause") for match in map(_CAUSE.match, lines) if match]
@@ -196,7 +196,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             loaded: Any = load_file(str(path), device="cpu")
         except Exception as exc:
-            raise ModelLoadError(f"the safetensors file is damaged: {_excerpt(exc)}") from exc
+            raise ModelLoadError(f"the safetensors file is damaged: {excerpt(exc)}") from exc
     else:
         with path.open("rb") as file:
             head = file.read(4)
@@ -217,7 +217,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                     "the checkpoint contains Python objects other than tensors, which ShiftScore never "
                     "unpickles; save model.state_dict() (safetensors preferred)"
                 ) from exc
-            raise ModelLoadError(f"the checkpoint cannot be read: {_excerpt(exc)}") from exc
+            raise ModelLoadError(f"the checkpoint cannot be read: {excerpt(exc)}") from exc
     if not isinstance(loaded, Mapping):
         raise ModelLoadError(
             f"the checkpoint holds a {type(loaded).__name__}, not a mapping of parameter names to tensors; "
@@ -332,7 +332,7 @@ def _load_onnx(path: Path, architecture: str | None, options: dict[str, Any], sp
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise ModelLoadError(f"the file is not an ONNX model: {_excerpt(exc)}") from exc
+        raise ModelLoadError(f"the file is not an ONNX model: {excerpt(exc)}") from exc
     # External data names files by path; reading them would let a model pull
     # arbitrary files from the worker into its weights.
     for where, tensor in _onnx_tensors(proto):
@@ -416,7 +416,7 @@ def _explain_failure(exc: Exception, channels: int, height: int, width: int) -> 
             return f"the model's first layer takes {expected} channels; input declares {got}"
         side = "height" if index == 2 else "width"
         return f"the model takes images of {side} {expected}; input declares {side} {got}"
-    detail = _excerpt(exc)
+    detail = excerpt(exc)
     hint = ""
     if re.search(r"shape|size|dimension", detail, re.IGNORECASE):
         hint = f"; check the declared input height and width ({height}x{width}): the model may take another size"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 from torch import nn
 
@@ -134,3 +135,18 @@ def test_error_text_from_model_code_is_bounded_and_clean(alice, tmp_path):
     assert model["status"] == "invalid"
     assert len(model["error"]) <= 600
     assert "\x1b" not in model["error"]
+
+
+def test_a_worker_that_cannot_sandbox_runs_nothing_and_readyz_says_why(tmp_path):
+    with running_stack(tmp_path, workers=0, scheduler=False) as bare:
+        empty = tmp_path / "no-bwrap"
+        empty.mkdir()
+        bare.env["PATH"] = str(empty)  # no bubblewrap to be found
+        worker = bare.start_worker()
+        assert worker.wait(timeout=120) != 0
+        log = "".join(path.read_text() for path in tmp_path.glob("worker-*.log"))
+        assert "runs no models" in log and "bubblewrap is not installed" in log
+        ready = requests.get(bare.url + "/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert "bubblewrap is not installed" in ready.json()["checks"]["sandbox"]
+        bare.workers.clear()

@@ -18,7 +18,7 @@ from worker.engine.layers import run_layer_profile
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.engine.sweep import SweepError, SweepPlan, run_sweep, sample_indices
 from worker.engine.tally import Tally
-from worker.model_loading import ModelLoadError, count_parameters, load_model, validate_model
+from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
 
 Send = Callable[..., None]
 LAYERS = "layers"
@@ -176,4 +176,4 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
         return {"kind": "model", "message": str(exc)}
     if isinstance(exc, SweepError):
         return {"kind": "sweep", "message": str(exc)}
-    return {"kind": "crash", "message": f"{type(exc).__name__}: {exc}"}
+    return {"kind": "crash", "message": f"{type(exc).__name__}: {excerpt(exc)}"}
