@@ -41,6 +41,16 @@ def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0)
     return value
 
 
+def _allow_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
+    from shiftscore.egress import parse_allow_entry
+
+    entries = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    try:
+        return tuple(parse_allow_entry(entry) for entry in entries)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; each has an embedded default."""
@@ -65,6 +75,11 @@ class Settings:
     chunk_images: int = 20_000
     # A running chunk whose heartbeat is older than this is taken to have lost its worker.
     stale_after_s: float = 60.0
+    # Webhooks: hosts or CIDRs that may receive them although internal (shiftscore/egress.py),
+    # the wall-clock limit of one delivery, and how many deliveries run at once.
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_deadline_s: float = 10.0
+    webhook_concurrency: int = 4
 
     @property
     def embedded_database(self) -> bool:
@@ -114,6 +129,9 @@ class Settings:
             progress_interval_s=_float(env, "SHIFTSCORE_PROGRESS_INTERVAL", 0.5),
             chunk_images=_int(env, "SHIFTSCORE_CHUNK_IMAGES", 20_000, 1),
             stale_after_s=_float(env, "SHIFTSCORE_STALE_AFTER", 60.0, 0.5),
+            webhook_allow_hosts=_allow_hosts(env, "SHIFTSCORE_WEBHOOK_ALLOW_HOSTS"),
+            webhook_deadline_s=_float(env, "SHIFTSCORE_WEBHOOK_DEADLINE", 10.0, 0.5),
+            webhook_concurrency=_int(env, "SHIFTSCORE_WEBHOOK_CONCURRENCY", 4, 1),
         )
 
 
