@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
 import pytest
 
+from db.webhooks import Delivery
 from shiftscore.egress import Target
 from shiftscore.settings import Settings
 from worker.webhooks import DeadlinePassed, _send, post
-from db.webhooks import Delivery
 
 
 class Listener:
-    """A TCP server on 127.0.0.2 that records each request's head and answers with `reply(conn)`."""
+    """A TCP (or TLS) server on 127.0.0.2 that records each request's head and answers with `reply(conn)`."""
 
-    def __init__(self, reply) -> None:
+    def __init__(self, reply, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_server(("127.0.0.2", 0))
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_side=True)
         self.port = self.sock.getsockname()[1]
         self.heads: list[bytes] = []
         self.closed_after: list[float] = []
@@ -38,7 +43,10 @@ class Listener:
         with conn:
             head = b""
             while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
             self.heads.append(head)
             self.reply(conn)
             self.closed_after.append(time.monotonic() - started)
@@ -103,3 +111,33 @@ def test_an_address_refused_at_delivery_is_never_connected_to():
         assert listener.heads == []
     finally:
         listener.close()
+
+
+@pytest.fixture
+def tls_listener(tmp_path, monkeypatch):
+    """A TLS receiver on 127.0.0.2 whose self-signed certificate names hooks.test, trusted via SSL_CERT_FILE."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.test",
+                    "-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+
+    listener = Listener(_answer, tls=context)
+    listener.names = names
+    yield listener
+    listener.close()
+
+
+def test_tls_names_the_urls_host_while_connecting_to_the_checked_address(tls_listener):
+    target = Target("https", "hooks.test", tls_listener.port, "/hook", "127.0.0.2")
+    assert post(target, b"{}", {}, deadline_s=5) == 204
+    assert tls_listener.names == ["hooks.test"]
+    assert f"Host: hooks.test:{tls_listener.port}\r\n" in tls_listener.heads[0].decode()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        post(Target("https", "other.test", tls_listener.port, "/hook", "127.0.0.2"), b"{}", {}, deadline_s=5)
