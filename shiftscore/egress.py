@@ -96,13 +96,19 @@ def _allowed(host: str, address: Address, allow: tuple[str, ...]) -> bool:
 
 
 def _split(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[" of an IPv6 address
+        raise EgressRefused(f"webhook_url is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise EgressRefused("webhook_url must start with http:// or https://")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError:
-        raise EgressRefused("webhook_url has a port that is not a number from 1 to 65535") from None
+        port = 0
+    if port == 0:
+        raise EgressRefused("webhook_url has a port that is not a number from 1 to 65535")
+    port = port or (443 if parts.scheme == "https" else 80)
     if not parts.hostname:
         raise EgressRefused("webhook_url has no host; give one such as https://hooks.example.com/shiftscore")
     if parts.username is not None or parts.password is not None:

@@ -40,6 +40,7 @@ def test_the_target_keeps_host_port_and_path_for_the_request():
 @pytest.mark.parametrize("url, message", [
     ("ftp://1.1.1.1/", "http:// or https://"), ("http://1.1.1.1:99999/", "port"),
     ("http://user:pw@1.1.1.1/", "user name or password"), ("http:///nohost", "no host"),
+    ("http://1.1.1.1:0/", "port"), ("http://[::1/", "not a valid URL"), ("http://a..b/", "does not resolve"),
     ("http://no-such-host.invalid/", "does not resolve"),
 ])
 def test_malformed_or_unresolvable_urls_say_what_to_do(url, message):
