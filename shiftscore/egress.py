@@ -10,8 +10,11 @@ Torch-free and Flask-free: the API checks at submission, the webhook worker at d
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as LookupTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,6 +24,11 @@ ALLOW_SETTING = "SHIFTSCORE_WEBHOOK_ALLOW_HOSTS"
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# A name server that answers slowly must not hold an API thread for the resolver's own
+# timeouts (tens of seconds): lookups run in a small pool and are given up after this.
+RESOLVE_TIMEOUT_S = 2.0
+_LOOKUP_THREADS = 4
+_lookups: tuple[int, ThreadPoolExecutor] | None = None
 
 
 class EgressRefused(ValueError):
@@ -118,11 +126,23 @@ def _split(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port, path
 
 
+def _lookup_pool() -> ThreadPoolExecutor:
+    # One pool per process: a pool's threads do not survive a fork.
+    global _lookups
+    if _lookups is None or _lookups[0] != os.getpid():
+        _lookups = (os.getpid(), ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="resolve"))
+    return _lookups[1]
+
+
 def resolve(url: str, allow: tuple[str, ...]) -> Target:
     """Check `url` and pick the address to send to; raises EgressRefused for an internal or bad target."""
     scheme, host, port, path = _split(url)
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = _lookup_pool().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(
+            timeout=RESOLVE_TIMEOUT_S)
+    except LookupTimeout:
+        raise EgressRefused(f"the webhook_url host '{host}' did not resolve within {RESOLVE_TIMEOUT_S:g} s; "
+                            "give a host name whose DNS answers promptly") from None
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise EgressRefused(f"the webhook_url host '{host}' does not resolve ({reason}); "

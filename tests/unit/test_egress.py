@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from shiftscore import egress
 from shiftscore.egress import EgressRefused, parse_allow_entry, resolve
 from shiftscore.settings import Settings, SettingsError
 
@@ -57,6 +61,28 @@ def test_the_allow_list_admits_exactly_its_networks_and_hosts():
     for url in ("http://127.0.0.1/", "http://2130706433/", "http://192.168.0.1/", "http://[::1]/"):
         with pytest.raises(EgressRefused):
             resolve(url, allow)
+
+
+def test_a_slow_name_server_is_given_up_on_within_the_lookup_timeout(monkeypatch):
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        if host.endswith(".slow.test"):
+            time.sleep(3)  # glibc's resolver waits 5 s per unanswered query, and retries
+        return real(host, *args, **kwargs)
+
+    def timed(name: str) -> float:
+        started = time.monotonic()
+        with pytest.raises(EgressRefused, match="did not resolve within 2 s"):
+            resolve(f"http://{name}.slow.test/", ())
+        return time.monotonic() - started
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    # More requests at once than lookup threads: the queued ones are given up on in time too.
+    with ThreadPoolExecutor(6) as requests:
+        took = list(requests.map(timed, "abcdef"))
+    assert max(took) <= egress.RESOLVE_TIMEOUT_S + 0.5, took
+    time.sleep(1.5)  # the slow lookups end before another test needs the threads
 
 
 def test_the_allow_list_setting_is_parsed_once_and_fails_fast():
