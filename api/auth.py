@@ -6,7 +6,7 @@ from flask import Flask, g, request
 
 from api.errors import Unauthorized
 from db.session import session_scope
-from db.tenants import tenant_for_token
+from db.tenants import TokenRejected, tenant_for_token
 
 
 def register_auth(app: Flask) -> None:
@@ -20,10 +20,10 @@ def register_auth(app: Flask) -> None:
             raise Unauthorized("send 'Authorization: Bearer <token>'; create a token with "
                                "'shiftscore token create TENANT'")
         with session_scope() as session:
-            tenant = tenant_for_token(session, token.strip())
-            if tenant is None:
-                raise Unauthorized("the bearer token is not valid")
-            g.tenant_id = tenant.id
+            try:
+                g.tenant_id = tenant_for_token(session, token.strip()).id
+            except TokenRejected as exc:
+                raise Unauthorized(str(exc)) from None
 
 
 def current_tenant() -> str:

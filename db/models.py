@@ -51,6 +51,10 @@ class ApiToken(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The token's first characters, shown by `shiftscore token list` (NULL for tokens made before 0006).
+    token_prefix: Mapped[str | None] = mapped_column(String(16), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Blob(Base):

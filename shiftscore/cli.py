@@ -8,6 +8,7 @@ import sys
 
 from shiftscore.eval_command import add_eval_parser, join_signed_values, run_eval
 from shiftscore.settings import SettingsError, get_settings
+from shiftscore.token_command import add_token_parser, run_token
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,17 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="worker processes (default SHIFTSCORE_WORKER_CONCURRENCY)")
     worker.add_argument("--loglevel", default="INFO")
 
-    commands.add_parser("scheduler", help="run the periodic tasks (reconciler, webhooks); run exactly one")
+    commands.add_parser("scheduler", help="run the periodic tasks (reconciler, webhooks) and a webhook worker; "
+                                          "run exactly one")
+
+    webhooks = commands.add_parser("webhooks", help="run a webhook delivery worker (the scheduler starts one)")
+    webhooks.add_argument("--concurrency", type=int, help="deliveries at once (default SHIFTSCORE_WEBHOOK_CONCURRENCY)")
+    webhooks.add_argument("--loglevel", default="INFO")
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply migrations and store the built-in datasets")
 
-    token = commands.add_parser("token", help="API tokens")
-    token_commands = token.add_subparsers(dest="token_command", required=True)
-    create = token_commands.add_parser("create", help="print a new token for TENANT")
-    create.add_argument("tenant")
-
+    add_token_parser(commands)
     add_eval_parser(commands)
     return parser
 
@@ -72,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
         run_worker(settings, args.concurrency, args.loglevel)
         return 0
+    if args.command == "webhooks":
+        from shiftscore.server import run_webhook_worker
+
+        run_webhook_worker(settings, args.concurrency, args.loglevel)
+        return 0
     if args.command == "scheduler":
         from shiftscore.server import run_scheduler
 
@@ -84,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print("database is up to date", file=sys.stderr)
         return 0
     if args.command == "token":
-        from db.session import session_scope
-        from db.tenants import create_token
-
-        with session_scope() as session:
-            print(create_token(session, args.tenant))
-        return 0
+        return run_token(args)
     return 2
 
 

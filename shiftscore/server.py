@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from shiftscore.settings import Settings
 
@@ -83,8 +85,46 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> No
     ])
 
 
+def run_webhook_worker(settings: Settings, concurrency: int | None, loglevel: str) -> None:
+    """A Celery worker for the webhook queue only: threads, since a delivery mostly waits on the network."""
+    from worker.celery_app import WEBHOOK_QUEUE
+    from worker.tasks import app
+
+    app.worker_main(argv=[
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency or settings.webhook_concurrency}",
+        "--pool=threads",
+        "--without-gossip",
+        "--without-mingle",
+        "--hostname=webhooks@%h",
+        "-Q", WEBHOOK_QUEUE,
+    ])
+
+
+class _Child:
+    """A `shiftscore` subcommand kept running beside this process, restarted when it exits."""
+
+    def __init__(self, *args: str) -> None:
+        self.command = [sys.executable, "-m", "shiftscore.cli", *args]
+        self.process: subprocess.Popen | None = None
+
+    def ensure_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(self.command)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
 def run_scheduler(settings: Settings) -> None:
-    """Run the periodic tasks (reconciler, webhooks) until SIGTERM or SIGINT; run exactly one."""
+    """Run the periodic tasks (reconciler, queuing webhooks) and one webhook worker until SIGTERM
+    or SIGINT; run exactly one."""
     import logging
     import signal
     import threading
@@ -99,4 +139,11 @@ def run_scheduler(settings: Settings) -> None:
         signal.signal(signum, lambda *_: stop.set())
     tasks = {name: (app.tasks[name].run, seconds) for name, seconds in PERIODIC.items()}
     logging.getLogger("shiftscore.scheduler").info("running %s", ", ".join(tasks) or "no periodic tasks")
-    run_periodic(tasks, stop)
+    # The scheduler only queues deliveries; this child sends them, so every launcher
+    # (scripts/up, docker-compose, the tests) that starts a scheduler delivers webhooks.
+    webhook_worker = _Child("webhooks")
+    tasks["webhook worker"] = (webhook_worker.ensure_running, 5.0)
+    try:
+        run_periodic(tasks, stop)
+    finally:
+        webhook_worker.stop()

@@ -69,6 +69,14 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
     if raw in {"off", "false", "0", "no"}:
         return False
     raise SettingsError(f"{name}={env[name]!r} must be on or off")
+def _allow_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
+    from shiftscore.egress import parse_allow_entry
+
+    entries = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    try:
+        return tuple(parse_allow_entry(entry) for entry in entries)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,11 @@ class Settings:
     # The least time a forward batch of a sweep may take before the model is taken to hang.
     sandbox_batch_seconds: float = 30.0
     sandbox_tmp_bytes: int = 64 << 20
+    # Webhooks: hosts or CIDRs that may receive them although internal (shiftscore/egress.py),
+    # the wall-clock limit of one delivery, and how many deliveries run at once.
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_deadline_s: float = 10.0
+    webhook_concurrency: int = 4
 
     @property
     def embedded_database(self) -> bool:
@@ -160,6 +173,9 @@ class Settings:
             sandbox_wall_seconds=_float(env, "SHIFTSCORE_SANDBOX_WALL_SECONDS", 60.0, 1.0),
             sandbox_batch_seconds=_float(env, "SHIFTSCORE_SANDBOX_BATCH_SECONDS", 30.0, 1.0),
             sandbox_tmp_bytes=_bytes(env, "SHIFTSCORE_SANDBOX_TMP", 64 << 20, 1 << 20),
+            webhook_allow_hosts=_allow_hosts(env, "SHIFTSCORE_WEBHOOK_ALLOW_HOSTS"),
+            webhook_deadline_s=_float(env, "SHIFTSCORE_WEBHOOK_DEADLINE", 10.0, 0.5),
+            webhook_concurrency=_int(env, "SHIFTSCORE_WEBHOOK_CONCURRENCY", 4, 1),
         )
 
 

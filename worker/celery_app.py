@@ -8,16 +8,20 @@ from shiftscore.settings import Settings, get_settings
 from worker.broker import celery_broker_url
 
 QUEUE = "shiftscore"
+# Webhook deliveries have a queue and workers of their own (`shiftscore webhooks`, a thread
+# pool the scheduler starts): a slow receiver never waits behind a sweep, nor a sweep behind it.
+WEBHOOK_QUEUE = "shiftscore.webhooks"
 RUN_EVALUATION = "shiftscore.run_evaluation"
 VALIDATE_MODEL = "shiftscore.validate_model"
 RUN_CHUNK = "shiftscore.run_chunk"
 RECONCILE = "shiftscore.reconcile"
-DELIVER_WEBHOOKS = "shiftscore.deliver_webhooks"
+ENQUEUE_WEBHOOKS = "shiftscore.enqueue_webhooks"
+DELIVER_WEBHOOK = "shiftscore.deliver_webhook"
 
 # Periodic tasks: task name -> seconds between runs. Each is a thin task in worker/tasks.py
 # that calls domain code; `shiftscore scheduler` runs them in its own process (worker/scheduler.py).
 # The reconciler's pass is a few indexed queries; how soon it acts is SHIFTSCORE_STALE_AFTER.
-PERIODIC: dict[str, float] = {DELIVER_WEBHOOKS: 1.0, RECONCILE: 2.0}
+PERIODIC: dict[str, float] = {ENQUEUE_WEBHOOKS: 1.0, RECONCILE: 2.0}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -36,6 +40,7 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_hard_time_limit,
         task_default_queue=QUEUE,
+        task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

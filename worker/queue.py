@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from worker.celery_app import QUEUE, RUN_CHUNK, RUN_EVALUATION, VALIDATE_MODEL, get_celery
+from worker.celery_app import (
+    DELIVER_WEBHOOK,
+    QUEUE,
+    RUN_CHUNK,
+    RUN_EVALUATION,
+    VALIDATE_MODEL,
+    WEBHOOK_QUEUE,
+    get_celery,
+)
 
 
 def enqueue_evaluation(evaluation_id: str) -> None:
@@ -18,6 +26,12 @@ def enqueue_model_validation(model_id: str) -> None:
 def enqueue_chunk(evaluation_id: str, index: int) -> None:
     """Queue one chunk of a planned sweep, for whichever worker is free."""
     get_celery().send_task(RUN_CHUNK, args=[evaluation_id, index], task_id=f"{evaluation_id}.{index}")
+
+
+def enqueue_webhook(evaluation_id: str, attempt: int) -> None:
+    """Queue attempt number `attempt` of an evaluation's webhook on the webhook queue."""
+    get_celery().send_task(DELIVER_WEBHOOK, args=[evaluation_id, attempt], queue=WEBHOOK_QUEUE,
+                           task_id=f"webhook-{evaluation_id}.{attempt}")
 
 
 def queue_depth() -> int:

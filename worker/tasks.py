@@ -8,16 +8,19 @@ import socket
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
+from db import webhooks
 from db.session import dispose_engine
 from shiftscore.settings import get_settings
 from worker.celery_app import (
-    DELIVER_WEBHOOKS,
+    DELIVER_WEBHOOK,
+    ENQUEUE_WEBHOOKS,
     RECONCILE,
     RUN_CHUNK,
     RUN_EVALUATION,
     VALIDATE_MODEL,
     get_celery,
 )
+from worker.webhooks import DeliveryFailed, deliver, enqueue_due_webhooks
 
 app = get_celery()
 
@@ -64,8 +67,15 @@ def validate_model(model_id: str) -> None:
     validation.validate_uploaded_model(model_id, _worker_name())
 
 
-@app.task(name=DELIVER_WEBHOOKS)
-def deliver_webhooks() -> int:
-    from worker.webhooks import deliver_due_webhooks
+@app.task(name=ENQUEUE_WEBHOOKS)
+def enqueue_webhooks() -> int:
+    return enqueue_due_webhooks()
 
-    return deliver_due_webhooks()
+
+@app.task(
+    name=DELIVER_WEBHOOK, bind=True, autoretry_for=(DeliveryFailed,), retry_backoff=webhooks.BACKOFF_FACTOR_S,
+    retry_backoff_max=webhooks.BACKOFF_MAX_S, retry_jitter=True, max_retries=webhooks.MAX_ATTEMPTS - 1,
+)
+def deliver_webhook(self, evaluation_id: str, first_attempt: int) -> None:
+    # Celery counts this message's retries; the attempt number is what the database counts.
+    deliver(evaluation_id, first_attempt + self.request.retries)

@@ -3,25 +3,35 @@
 The receiver verifies `X-ShiftScore-Signature: t=<unix time>,v1=<hex>` where
 hex = HMAC-SHA256(tenant webhook secret, f"{t}.{raw body}"); the secret is at
 GET /v1/tenant. Delivery is at least once: the body's `delivery_id` lets a
-receiver drop repeats.
+receiver drop repeats. Each attempt is a Celery task on the webhook queue
+(worker/tasks.py); the scheduler only queues the deliveries that are due.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import socket
+import ssl
+import threading
 import time
-
-import requests
+from datetime import timedelta
 
 from db import webhooks
 from db.models import Evaluation
 from db.session import session_scope
+from shiftscore.egress import EgressRefused, Target, resolve
+from shiftscore.settings import Settings, get_settings
+from worker.queue import enqueue_webhook
 
 log = logging.getLogger(__name__)
-TIMEOUT_S = 10
+
+
+class DeliveryFailed(Exception):
+    """An attempt that failed and should be tried again later (Celery retries on it)."""
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -51,37 +61,100 @@ def _payload(delivery: webhooks.Delivery) -> bytes:
     return json.dumps(body).encode()
 
 
-def _send(delivery: webhooks.Delivery) -> str | None:
+class DeadlinePassed(Exception):
+    """The receiver took longer than the delivery's deadline in all."""
+
+
+def post(target: Target, body: bytes, headers: dict[str, str], deadline_s: float) -> int:
+    """POST `body` to the target's checked address, all of it within `deadline_s`; the status code."""
+    family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
+    held = [socket.socket(family, socket.SOCK_STREAM)]
+    expired = threading.Event()
+
+    def cut() -> None:
+        # A per-read timeout never fires on a receiver that drips a byte at a time; shutting
+        # the socket ends whatever connect, write or read is blocked on it, TLS included.
+        expired.set()
+        try:
+            held[0].shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    timer = threading.Timer(deadline_s, cut)
+    timer.start()
+    try:
+        held[0].settimeout(deadline_s)
+        held[0].connect((target.address, target.port))
+        if target.scheme == "https":
+            # SNI and the certificate check use the URL's host, though we connect by address.
+            held[0] = ssl.create_default_context().wrap_socket(held[0], server_hostname=target.host)
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        default_port = 443 if target.scheme == "https" else 80
+        connection = http.client.HTTPConnection(target.host, target.port)
+        connection.sock = held[0]  # already connected: http.client neither resolves nor connects again
+        connection.request("POST", target.path, body=body, headers={
+            **headers, "Host": host if target.port == default_port else f"{host}:{target.port}",
+            "Connection": "close",
+        })
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        if not expired.is_set():
+            raise
+    finally:
+        timer.cancel()
+        held[0].close()
+    # Checked after a "success" too: a response cut off mid-headers may still parse.
+    if expired.is_set():
+        raise DeadlinePassed(f"the receiver did not answer within the {deadline_s:g} s deadline")
+    return status
+
+
+def _send(delivery: webhooks.Delivery, settings: Settings) -> str | None:
     """POST once; None on a 2xx answer, else what went wrong."""
+    try:
+        # Checked again at delivery: the name may resolve elsewhere now than at submission.
+        target = resolve(delivery.url, settings.webhook_allow_hosts)
+    except EgressRefused as exc:
+        return f"not sent: {exc}"[:500]
     body = _payload(delivery)
     timestamp = int(time.time())
     try:
-        response = requests.post(
-            delivery.url, data=body, timeout=TIMEOUT_S, allow_redirects=False,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "ShiftScore-Webhook/1",
-                "X-ShiftScore-Signature": signature(delivery.secret, timestamp, body),
-                "X-ShiftScore-Attempt": str(delivery.attempt),
-            },
-        )
-    except requests.RequestException as exc:
+        status = post(target, body, {
+            "Content-Type": "application/json",
+            "User-Agent": "ShiftScore-Webhook/1",
+            "X-ShiftScore-Signature": signature(delivery.secret, timestamp, body),
+            "X-ShiftScore-Attempt": str(delivery.attempt),
+        }, settings.webhook_deadline_s)
+    except DeadlinePassed as exc:
+        return str(exc)
+    except (OSError, http.client.HTTPException) as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
-    if 200 <= response.status_code < 300:
+    if 200 <= status < 300:
         return None
-    return f"the receiver answered HTTP {response.status_code}"
+    return f"the receiver answered HTTP {status}"
 
 
-def deliver_due_webhooks() -> int:
-    """Send every webhook that is due; returns how many were delivered."""
+def deliver(evaluation_id: str, attempt: int, settings: Settings | None = None) -> None:
+    """Make attempt number `attempt`; raises DeliveryFailed when a later attempt should follow."""
+    settings = settings or get_settings()
     with session_scope() as session:
-        due = webhooks.lease_due_deliveries(session)
-    delivered = 0
-    for delivery in due:
-        error = _send(delivery)
-        if error:
-            log.warning("webhook for %s, attempt %d: %s", delivery.evaluation_id, delivery.attempt, error)
-        delivered += error is None
-        with session_scope() as session:
-            webhooks.record_delivery(session, delivery, error)
-    return delivered
+        delivery = webhooks.claim(session, evaluation_id, attempt, timedelta(seconds=settings.webhook_deadline_s))
+    if delivery is None:
+        return  # a duplicate message: this attempt was made already
+    error = _send(delivery, settings)
+    with session_scope() as session:
+        webhooks.record_delivery(session, delivery, error)
+    if error is None:
+        return
+    log.warning("webhook for %s, attempt %d: %s", evaluation_id, attempt, error)
+    if attempt < webhooks.MAX_ATTEMPTS:
+        raise DeliveryFailed(error)
+
+
+def enqueue_due_webhooks() -> int:
+    """Queue every delivery that is due (first attempts, and those whose message was lost)."""
+    with session_scope() as session:
+        due = webhooks.take_due(session)
+    for evaluation_id, attempt in due:
+        enqueue_webhook(evaluation_id, attempt)
+    return len(due)

@@ -17,6 +17,7 @@ from api.schemas import EvaluationCreate, EvaluationFilter
 from api.services.datasets import get_dataset
 from api.services.layers import check_layers_request, check_task, is_segmentation, segmentation_shift_page
 from api.services.models import get_model
+from api.services.webhooks import check_webhook_url
 from db import jobs
 from db.models import ClassResult, Dataset, Evaluation, ExampleResult, Model, ShiftResult
 from db.session import session_scope
@@ -74,6 +75,8 @@ def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
 def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: str | None) -> tuple[Evaluation, bool]:
     """Persist a queued evaluation, then enqueue it; a repeated Idempotency-Key returns the first."""
     request_sha = _digest(body.model_dump(mode="json"))
+    if body.webhook_url:
+        check_webhook_url(body.webhook_url)
     with session_scope() as session:
         if idempotency_key:
             existing = _by_idempotency_key(session, tenant_id, idempotency_key, request_sha)
