@@ -149,23 +149,25 @@ def run_chunk(
         return
     try:
         with Heartbeat(partial(_beat_chunk, job.claimed.claim), max(0.1, settings.stale_after_s / 4)):
-            _sweep(job, settings)
+            try:
+                _sweep(job, settings)
+            except BaseException:
+                # A cage that did not finish its job cleanly is never used again.
+                POOL.discard()
+                raise
     except jobs.LostClaim as exc:
-        POOL.discard()
         log.info("chunk %d of evaluation %s stopped: %s", index, evaluation_id, exc)
     except CageFailure as exc:
         error_type, detail = explain(exc, cage_config(settings), "sweep")
         log.warning("chunk %d of evaluation %s: %s (%s)", index, evaluation_id, detail, exc.kind)
         _fail(job.claimed.claim, error_type, detail)
     except time_limit_errors:
-        POOL.discard()
         _fail(job.claimed.claim, "time_limit", (
             f"the sweep ran past its time limit of {settings.task_soft_time_limit} s per part "
             f"(a part is at least {settings.chunk_images} images); use max_samples or a smaller "
             "grid, or raise SHIFTSCORE_TASK_SOFT_TIME_LIMIT"
         ))
     except Exception as exc:  # noqa: BLE001 — a job must end in a status, never vanish
-        POOL.discard()
         log.exception("chunk %d of evaluation %s crashed", index, evaluation_id)
         _fail(job.claimed.claim, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}")
 
@@ -227,7 +229,6 @@ def _sweep(job: Job, settings: Settings) -> None:
         results.check_chunk_tally(chunk_tally, task, grid.size, claimed.stop - claimed.start,
                                   bool(job.request.get(profiles.LAYERS)))
     except results.BadResult as exc:
-        POOL.discard()
         raise CageFailure("protocol", str(exc)) from exc
     if task == "segmentation":
         profiles.complete_segmentation_chunk(claimed, chunk_tally, reporter.high_water, grid)

@@ -1,0 +1,69 @@
+"""What the worker accepts back from a sandbox: real tallies pass, every kind of forgery is refused."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from worker.engine.grid import build_grid
+from worker.engine.tally import Tally
+from worker.sandbox import protocol, results
+
+
+def real_tally() -> dict:
+    grid = build_grid({"dx": [-1, 1], "dy": [0, 0], "step": 1})
+    rng = np.random.default_rng(0)
+    predictions = rng.integers(0, 3, (5, grid.size))
+    tally = Tally(num_shifts=grid.size)
+    tally.add(grid, predictions, predictions[:, 1], rng.integers(0, 3, 5), np.arange(5),
+              np.asarray(grid.neighbour_pairs(), dtype=np.int64).reshape(-1, 2))
+    return tally.to_json()
+
+
+def test_a_real_tally_passes():
+    results.check_chunk_tally(real_tally(), "classification", 3, 5, layers=False)
+
+
+FORGERIES = {
+    "another grid": lambda t: t.update(num_shifts=4),
+    "another sample count": lambda t: t.update(n=6),
+    "a negative count": lambda t: t.update(flip_changes=-1),
+    "a boolean for a count": lambda t: t.update(clean_correct=True),
+    "a float for a count": lambda t: t.update(worst_correct=1.5),
+    "more hits than samples": lambda t: t.update(clean_correct=99),
+    "a short per-shift list": lambda t: t.update(shift_correct=[1, 2]),
+    "a string in a list": lambda t: t.update(shift_agree=[1, "2", 3]),
+    "a bad class label": lambda t: t["classes"].update({"x": {"n": 1}}),
+    "extra class fields": lambda t: next(iter(t["classes"].values())).update(evil=1),
+    "too many examples": lambda t: t.update(examples=[t["examples"][0]] * 101) if t["examples"] else None,
+    "an example with extra fields": lambda t: t["examples"][0].update(html="<script>"),
+    "a layer profile nobody asked for": lambda t: t.update(layers={}),
+    "not an object": lambda t: t.clear(),
+}
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_forged_tallies_are_refused(name):
+    tally = copy.deepcopy(real_tally())
+    assert tally["examples"], "the sample tally must have fragile examples to forge"
+    FORGERIES[name](tally)
+    with pytest.raises(results.BadResult):
+        results.check_chunk_tally(tally, "classification", 3, 5, layers=False)
+
+
+def test_text_from_model_code_is_bounded_and_plain():
+    text = results.user_text("\x1b[31mred\x00" + "x" * 5000)
+    assert len(text) <= results.MAX_TEXT and "\x1b" not in text and "\x00" not in text
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]\n", b"{not json\n", b'{"a": NaN}\n', b"\xff\xfe\n"])
+def test_lines_that_are_not_json_objects_are_protocol_errors(line):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(line)
+
+
+def test_an_oversized_line_is_refused_before_parsing():
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(b"{" + b" " * (protocol.MAX_LINE_BYTES + 1) + b"}\n")
