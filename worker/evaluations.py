@@ -144,13 +144,16 @@ def run_chunk(
 ) -> None:
     """Claim one chunk and sweep it in the model's sandbox; the last chunk to finish records the result."""
     settings = get_settings()
+    # The part stops itself just before Celery's soft limit would interrupt it at a random line
+    # (say, inside a database write); the soft limit stays as the backstop.
+    until = time.monotonic() + max(1.0, settings.task_soft_time_limit - 1.0)
     job = _claim(evaluation_id, index, worker, settings)
     if job is None:
         return
     try:
         with Heartbeat(partial(_beat_chunk, job.claimed.claim), max(0.1, settings.stale_after_s / 4)):
             try:
-                _sweep(job, settings)
+                _sweep(job, settings, until)
             except BaseException:
                 # A cage that did not finish its job cleanly is never used again.
                 POOL.discard()
@@ -159,17 +162,23 @@ def run_chunk(
         log.info("chunk %d of evaluation %s stopped: %s", index, evaluation_id, exc)
     except CageFailure as exc:
         error_type, detail = explain(exc, cage_config(settings), "sweep")
+        if exc.kind == "part_time":
+            error_type, detail = "time_limit", _time_limit_detail(settings)
         log.warning("chunk %d of evaluation %s: %s (%s)", index, evaluation_id, detail, exc.kind)
         _fail(job.claimed.claim, error_type, detail)
     except time_limit_errors:
-        _fail(job.claimed.claim, "time_limit", (
-            f"the sweep ran past its time limit of {settings.task_soft_time_limit} s per part "
-            f"(a part is at least {settings.chunk_images} images); use max_samples or a smaller "
-            "grid, or raise SHIFTSCORE_TASK_SOFT_TIME_LIMIT"
-        ))
+        _fail(job.claimed.claim, "time_limit", _time_limit_detail(settings))
     except Exception as exc:  # noqa: BLE001 — a job must end in a status, never vanish
         log.exception("chunk %d of evaluation %s crashed", index, evaluation_id)
         _fail(job.claimed.claim, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}")
+
+
+def _time_limit_detail(settings: Settings) -> str:
+    return (
+        f"the sweep ran past its time limit of {settings.task_soft_time_limit} s per part "
+        f"(a part is at least {settings.chunk_images} images); use max_samples or a smaller "
+        "grid, or raise SHIFTSCORE_TASK_SOFT_TIME_LIMIT"
+    )
 
 
 def _claim(evaluation_id: str, index: int, worker: str, settings: Settings) -> Job | None:
@@ -201,7 +210,7 @@ def _fail(claim: jobs.ChunkClaim, error_type: str, detail: str) -> None:
         jobs.fail_evaluation(session, claim.evaluation_id, error_type, detail)
 
 
-def _sweep(job: Job, settings: Settings) -> None:
+def _sweep(job: Job, settings: Settings, until: float) -> None:
     claimed = job.claimed
     config = cage_config(settings)
     key = (job.model["id"], job.model_path, job.images_path, job.targets_path, config)
@@ -209,7 +218,7 @@ def _sweep(job: Job, settings: Settings) -> None:
     fields = {name: value for name, value in job.model.items() if name != "id"}
     cage, fresh = POOL.take(key, inputs, fields, config)
     if fresh:
-        cage.run({"op": "load"}, config.wall_seconds, "loading the model")
+        cage.run({"op": "load"}, config.wall_seconds, "loading the model", until=until)
     grid = build_grid(job.request["shifts"])
     reporter = _Reporter(claimed, settings.progress_interval_s)
     task = job.model["task"]
@@ -221,7 +230,7 @@ def _sweep(job: Job, settings: Settings) -> None:
             "checkpoint_every": settings.progress_interval_s,
         },
         batch_deadline(config, job.seconds_per_image, settings.batch_size), "a forward batch of the sweep",
-        on_event,
+        on_event, until,
     )
     POOL.release(cage)
     chunk_tally = result.get("tally")

@@ -146,11 +146,15 @@ class Cage:
         # charged to the model's wall-time limit; its deadline only catches a cage that is stuck.
         self._expect("ready", max(config.wall_seconds, STARTUP_SECONDS), "starting the model's sandbox")
 
-    def run(self, job: dict[str, Any], deadline: float, what: str, on_event: OnEvent | None = None) -> dict[str, Any]:
-        """Send a job and return its result; each silence longer than `deadline` seconds ends the cage."""
+    def run(self, job: dict[str, Any], deadline: float, what: str, on_event: OnEvent | None = None,
+            until: float | None = None) -> dict[str, Any]:
+        """Send a job and return its result; each silence longer than `deadline` seconds ends the cage.
+
+        `until` (a time.monotonic() value) ends the whole job: kind `part_time`.
+        """
         self._send(job)
         while True:
-            message = self._next(deadline, what)
+            message = self._next(deadline, what, until)
             event = message.get("event")
             if event == "done":
                 self.cpu_seconds = _number(message.get("cpu_seconds"), "cpu_seconds")
@@ -201,11 +205,14 @@ class Cage:
         if message.get("event") != event:
             raise self._breach("protocol", f"the model's sandbox did not start properly ({what})")
 
-    def _next(self, deadline: float, what: str) -> dict[str, Any]:
+    def _next(self, deadline: float, what: str, until: float | None = None) -> dict[str, Any]:
+        left = None if until is None else until - time.monotonic()
         try:
-            line = self._lines.next_line(deadline)
+            line = self._lines.next_line(deadline if left is None else max(0.0, min(deadline, left)))
         except TimeoutError:
             self.close()
+            if left is not None and left <= deadline:
+                raise CageFailure("part_time", f"{what} was still running when its time was up") from None
             raise CageFailure("timeout", f"{what} took longer than {deadline:.0f} s") from None
         except protocol.ProtocolError as exc:
             raise self._breach("protocol", str(exc)) from None
