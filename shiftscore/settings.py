@@ -41,6 +41,17 @@ def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0)
     return value
 
 
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; each has an embedded default."""
@@ -65,6 +76,14 @@ class Settings:
     chunk_images: int = 20_000
     # A running chunk whose heartbeat is older than this is taken to have lost its worker.
     stale_after_s: float = 60.0
+    # Every request body that is not a multipart upload (that is, JSON) is refused (413) past this.
+    max_json_bytes: int = 1024 * 1024
+    # Pixels one dataset upload may decode to inside an API process (N·H·W·C bytes).
+    max_decoded_bytes: int = 512 * 1024 * 1024
+    # /metrics: when a token is set it needs `Authorization: Bearer <token>`; without one it is
+    # closed unless metrics_public (service-wide totals are not every tenant's business).
+    metrics_token: str | None = None
+    metrics_public: bool = False
 
     @property
     def embedded_database(self) -> bool:
@@ -114,6 +133,10 @@ class Settings:
             progress_interval_s=_float(env, "SHIFTSCORE_PROGRESS_INTERVAL", 0.5),
             chunk_images=_int(env, "SHIFTSCORE_CHUNK_IMAGES", 20_000, 1),
             stale_after_s=_float(env, "SHIFTSCORE_STALE_AFTER", 60.0, 0.5),
+            max_json_bytes=_int(env, "SHIFTSCORE_MAX_JSON_BYTES", 1024 * 1024, 1024),
+            max_decoded_bytes=_int(env, "SHIFTSCORE_MAX_DECODED_BYTES", 512 * 1024 * 1024, 1),
+            metrics_token=env.get("SHIFTSCORE_METRICS_TOKEN") or None,
+            metrics_public=_bool(env, "SHIFTSCORE_METRICS_PUBLIC", False),
         )
 
 
