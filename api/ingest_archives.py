@@ -16,17 +16,18 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
-from api.ingest import DatasetError, Limits, ParsedDataset, check_arrays
+from api.ingest import DatasetError, Limits, ParsedDataset, check_arrays, npy_array
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
 _ABSOLUTE = re.compile(r"^([/\\]|[A-Za-z]:)")
+T = TypeVar("T")
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
@@ -91,7 +92,7 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _tar_members(stream: IO[bytes], limits: Limits) -> Iterator[tuple[str, bytes]]:
+def _tar_members(stream: IO[bytes], limits: Limits, *, read: bool = True) -> Iterator[tuple[str, bytes]]:
     # Stream mode ("r|"): members are read in order, never seeking, never extracted.
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         for count, member in enumerate(archive, start=1):
@@ -112,30 +113,38 @@ def _tar_members(stream: IO[bytes], limits: Limits) -> Iterator[tuple[str, bytes
             if member.size > limits.max_member_bytes:
                 raise DatasetError(f"'{member.name}' is {member.size} bytes; "
                                    f"one image may take at most {limits.max_member_bytes}")
-            handle = archive.extractfile(member)
+            handle = archive.extractfile(member) if read else None
             yield member.name, handle.read() if handle is not None else b""
 
 
 def zip_image_folder(archive: zipfile.ZipFile, limits: Limits) -> ParsedDataset:
     """The dataset in an open zip of class folders."""
-    return _image_folder(_zip_members(archive, limits), limits)
+    count = sum(1 for info in archive.infolist() if not info.is_dir() and not _is_junk(_parts(info.filename)))
+    return _image_folder(_zip_members(archive, limits), limits, count)
 
 
 def tar_image_folder(path: Path, limits: Limits, *, gzipped: bool) -> ParsedDataset:
     """The dataset in a .tar.gz (or plain .tar) of class folders."""
+    # A first pass counts the files without decoding any (inflating is cheap next to decoding).
+    count = _read_tar(path, limits, gzipped, lambda stream: sum(1 for _ in _tar_members(stream, limits, read=False)))
+    return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), limits, count))
+
+
+def _read_tar(path: Path, limits: Limits, gzipped: bool, read: Callable[[IO[bytes]], T]) -> T:
+    """`read` applied to the archive's inflated stream, bounded; a damaged archive is the client's problem."""
     with path.open("rb") as raw:
         stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
         bounded = io.BufferedReader(_Bounded(stream, limits.max_inflated_bytes), 1 << 16)
         try:
-            return _image_folder(_tar_members(bounded, limits), limits)
+            return read(bounded)
         except DatasetError:
             raise
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise DatasetError(f"the tar archive is truncated or damaged: {exc}") from None
 
 
-def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
-    """One PNG or JPEG as H×W (grayscale) or H×W×3 (colour) uint8."""
+def _decode(name: str, data: bytes, limits: Limits, count: int) -> np.ndarray:
+    """One PNG or JPEG of a folder of `count` files as H×W (grayscale) or H×W×3 (colour) uint8."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -144,11 +153,18 @@ def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
             if width > limits.max_side or height > limits.max_side:
                 raise DatasetError(f"'{name}' is {width}×{height} pixels; images may be at most "
                                    f"{limits.max_side} pixels high and wide")
+            # Every image has the first one's size, so its header alone tells what the folder would
+            # decode to: refused before a pixel is decoded (3 bytes a pixel, as colour, the worst case).
+            if count * width * height * 3 > limits.max_decoded_bytes:
+                raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes: "
+                                   f"{count} files of {width}×{height} pixels would take "
+                                   f"{count * width * height * 3}; upload fewer or smaller images")
             if image.mode in _WIDE_MODES:
                 raise DatasetError(f"'{name}' has {image.mode} pixels (more than 8 bits); save 8-bit images")
             image.load()
             # Alpha is dropped; palette and CMYK images become RGB.
-            return np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+            mode = "L" if image.mode in _GRAY_MODES else "RGB"
+            return np.asarray(image if image.mode == mode else image.convert(mode))
     except DatasetError:
         raise
     except UnidentifiedImageError:
@@ -160,13 +176,14 @@ def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
         raise DatasetError(f"'{name}' could not be decoded (truncated or corrupt?): {exc}") from None
 
 
-def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits) -> ParsedDataset:
+def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, count: int) -> ParsedDataset:
+    """The dataset of an archive's `count` files (folders and junk aside), decoded one at a time."""
     found: list[tuple[tuple[str, ...], np.ndarray]] = []
     first: tuple[str, tuple[int, int]] | None = None
     decoded = 0
     for name, data in members:
         parts = _parts(name)
-        image = _decode(name, data, limits)
+        image = _decode(name, data, limits, count)
         size = image.shape[:2]
         if first is None:
             first = (name, size)
@@ -175,6 +192,7 @@ def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits) -> Parse
                 f"all images must have one size: '{first[0]}' is {first[1][1]}×{first[1][0]} but "
                 f"'{name}' is {size[1]}×{size[0]} (width×height); resize them before uploading"
             )
+        # Counted as colour: one colour image makes the whole folder colour.
         decoded += image.shape[0] * image.shape[1] * 3
         if decoded > limits.max_decoded_bytes:
             raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes")
@@ -201,16 +219,17 @@ def _assemble(found: list[tuple[tuple[str, ...], np.ndarray]], limits: Limits) -
     keyed = _class_paths(found)
     classes = tuple(sorted({cls for cls, _ in keyed}))
     order = sorted(range(len(found)), key=lambda i: keyed[i])
+    # A folder that mixes grayscale and colour images is stored as colour.
     colour = any(image.ndim == 3 for _, image in found)
-    images = np.stack([_channels(found[i][1], colour) for i in order])
+    height, width = found[0][1].shape[:2]
+    stored, images = npy_array((len(found), height, width, 3 if colour else 1), np.dtype(np.uint8))
+    decoded = [image for _, image in found]
+    found.clear()
+    for row, i in enumerate(order):
+        # A grayscale H×W×1 broadcasts into a colour row; each decoded image is let go once copied.
+        images[row] = decoded[i] if decoded[i].ndim == 3 else decoded[i][..., None]
+        decoded[i] = None  # type: ignore[call-overload]
     index = {cls: label for label, cls in enumerate(classes)}
     labels = np.array([index[keyed[i][0]] for i in order], dtype=np.int64)
-    parsed = check_arrays(images, labels, "classification", limits)
-    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes)
-
-
-def _channels(image: np.ndarray, colour: bool) -> np.ndarray:
-    # A folder that mixes grayscale and colour images is stored as colour.
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2) if colour else image[..., None]
-    return image
+    parsed = check_arrays(images, labels, "classification", limits, stored)
+    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes, parsed.images_npy)
