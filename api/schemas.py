@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import builtins
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.errors import BadRequest
+from worker.engine.grid import MAX_SHIFTS
 
 Padding = Literal["zeros", "circular", "reflect", "edge", "crop"]
 ModelFormat = Literal["torchscript", "exported", "state_dict", "onnx"]
@@ -20,14 +21,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# One value per channel at most (channels ≤ 64): a longer list is refused before it is walked.
+PerChannel = Annotated[list[float], Field(min_length=1, max_length=64)]
+
+
 class InputSpec(Strict):
     """What the model takes: channels, size, and per-channel normalization."""
 
     channels: int = Field(ge=1, le=64)
     height: int = Field(ge=1, le=4096)
     width: int = Field(ge=1, le=4096)
-    mean: float | list[float] = 0.0
-    std: float | list[float] = 1.0
+    mean: float | PerChannel = 0.0
+    std: float | PerChannel = 1.0
 
     @field_validator("std")
     @classmethod
@@ -60,7 +65,8 @@ class ListShifts(Strict):
     """An explicit list of distinct (dx, dy) pairs."""
 
     # `builtins.list`: the field's own name shadows the builtin inside the class body.
-    list: builtins.list[tuple[float, float]] = Field(min_length=1)
+    # Capped here too, so an over-long list stops validating at its limit, not at its end.
+    list: builtins.list[tuple[float, float]] = Field(min_length=1, max_length=MAX_SHIFTS)
 
 
 class EvaluationCreate(Strict):
