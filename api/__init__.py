@@ -8,6 +8,7 @@ from flask import Flask, request
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.headers import register_security_headers
 from api.limits import register_body_limits
 from api.routes import (
     dashboard, datasets, docs, evaluations, health, leaderboard, metrics, models, pictures, tenant,
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     register_error_handlers(app)
     register_body_limits(app, settings)
+    register_security_headers(app)
     register_auth(app)
     # Path parameters skip `parse`; PostgreSQL text cannot hold NUL, so refuse it here as a 400.
     app.before_request(lambda: reject_nul(request.view_args or {}, "path"))
