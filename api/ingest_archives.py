@@ -46,7 +46,7 @@ def _parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _zip_members(archive: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str, bytes]]:
+def _zip_members(archive: zipfile.ZipFile, limits: Limits, *, read: bool = True) -> Iterator[tuple[str, bytes]]:
     infos = sorted(archive.infolist(), key=lambda info: info.filename)
     # Every name is checked before any member is inflated.
     for info in infos:
@@ -63,7 +63,7 @@ def _zip_members(archive: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str
             raise DatasetError(f"'{info.filename}' inflates to {info.file_size} bytes; "
                                f"one image may take at most {limits.max_member_bytes}")
         try:
-            data = archive.read(info)
+            data = archive.read(info) if read else b""
         except Exception as exc:  # noqa: BLE001 — CRC errors, unknown compression: a damaged upload
             raise DatasetError(f"'{info.filename}' could not be read from the zip: {exc}") from None
         yield info.filename, data
@@ -119,15 +119,16 @@ def _tar_members(stream: IO[bytes], limits: Limits, *, read: bool = True) -> Ite
 
 def zip_image_folder(archive: zipfile.ZipFile, limits: Limits) -> ParsedDataset:
     """The dataset in an open zip of class folders."""
-    count = sum(1 for info in archive.infolist() if not info.is_dir() and not _is_junk(_parts(info.filename)))
-    return _image_folder(_zip_members(archive, limits), limits, count)
+    names = [name for name, _ in _zip_members(archive, limits, read=False)]
+    return _image_folder(_zip_members(archive, limits), limits, names)
 
 
 def tar_image_folder(path: Path, limits: Limits, *, gzipped: bool) -> ParsedDataset:
     """The dataset in a .tar.gz (or plain .tar) of class folders."""
-    # A first pass counts the files without decoding any (inflating is cheap next to decoding).
-    count = _read_tar(path, limits, gzipped, lambda stream: sum(1 for _ in _tar_members(stream, limits, read=False)))
-    return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), limits, count))
+    # A first pass lists the files without decoding any (inflating is cheap next to decoding).
+    names = _read_tar(path, limits, gzipped,
+                      lambda stream: [name for name, _ in _tar_members(stream, limits, read=False)])
+    return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), limits, names))
 
 
 def _read_tar(path: Path, limits: Limits, gzipped: bool, read: Callable[[IO[bytes]], T]) -> T:
@@ -176,14 +177,25 @@ def _decode(name: str, data: bytes, limits: Limits, count: int) -> np.ndarray:
         raise DatasetError(f"'{name}' could not be decoded (truncated or corrupt?): {exc}") from None
 
 
-def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, count: int) -> ParsedDataset:
-    """The dataset of an archive's `count` files (folders and junk aside), decoded one at a time."""
-    found: list[tuple[tuple[str, ...], np.ndarray]] = []
+def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, names: list[str]) -> ParsedDataset:
+    """The dataset of an archive whose files (folders and junk aside) `members` yields as `names` listed them.
+
+    The names fix each image's row before any is decoded, so each is decoded straight into its
+    row of the stored .npy and let go: the API holds the images once, not a list and then a copy.
+    """
+    if not names:
+        raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
+    keyed = _class_paths([_parts(name) for name in names])
+    classes = tuple(sorted({cls for cls, _ in keyed}))
+    order = sorted(range(len(names)), key=lambda i: keyed[i])
+    rows = {i: row for row, i in enumerate(order)}
+    stored: memoryview | None = None
+    images: np.ndarray | None = None
     first: tuple[str, tuple[int, int]] | None = None
-    decoded = 0
-    for name, data in members:
-        parts = _parts(name)
-        image = _decode(name, data, limits, count)
+    for i, (name, data) in enumerate(members):
+        if i >= len(names) or name != names[i]:
+            raise DatasetError("the archive reads differently the second time; upload it again")
+        image = _decode(name, data, limits, len(names))
         size = image.shape[:2]
         if first is None:
             first = (name, size)
@@ -192,44 +204,34 @@ def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, count: i
                 f"all images must have one size: '{first[0]}' is {first[1][1]}×{first[1][0]} but "
                 f"'{name}' is {size[1]}×{size[0]} (width×height); resize them before uploading"
             )
-        # Counted as colour: one colour image makes the whole folder colour.
-        decoded += image.shape[0] * image.shape[1] * 3
-        if decoded > limits.max_decoded_bytes:
-            raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes")
-        found.append((parts, image))
-    if not found:
-        raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
-    return _assemble(found, limits)
-
-
-def _class_paths(found: list[tuple[tuple[str, ...], np.ndarray]]) -> list[tuple[str, tuple[str, ...]]]:
-    """(class, path) of each image: `class/file`, or `root/class/file` with one shared root."""
-    depths = {len(parts) for parts, _ in found}
-    roots = {parts[0] for parts, _ in found}
-    if depths == {3} and len(roots) == 1:
-        return [(parts[1], parts) for parts, _ in found]
-    if depths == {2}:
-        return [(parts[0], parts) for parts, _ in found]
-    odd = next("/".join(parts) for parts, _ in found if len(parts) != 2)
-    raise DatasetError(f"put the images in one sub-folder per class (cat/1.png, dog/2.png, …); "
-                       f"'{odd}' is not in such a folder")
-
-
-def _assemble(found: list[tuple[tuple[str, ...], np.ndarray]], limits: Limits) -> ParsedDataset:
-    keyed = _class_paths(found)
-    classes = tuple(sorted({cls for cls, _ in keyed}))
-    order = sorted(range(len(found)), key=lambda i: keyed[i])
-    # A folder that mixes grayscale and colour images is stored as colour.
-    colour = any(image.ndim == 3 for _, image in found)
-    height, width = found[0][1].shape[:2]
-    stored, images = npy_array((len(found), height, width, 3 if colour else 1), np.dtype(np.uint8))
-    decoded = [image for _, image in found]
-    found.clear()
-    for row, i in enumerate(order):
-        # A grayscale H×W×1 broadcasts into a colour row; each decoded image is let go once copied.
-        images[row] = decoded[i] if decoded[i].ndim == 3 else decoded[i][..., None]
-        decoded[i] = None  # type: ignore[call-overload]
+        channels = 3 if image.ndim == 3 else 1
+        if images is None or channels > images.shape[3]:
+            # A folder that mixes grayscale and colour images is stored as colour: the rows so far
+            # (H×W×1) broadcast into a colour copy.
+            stored, images = _widen(images, (len(names), *size, channels))
+        images[rows[i]] = image if image.ndim == 3 else image[..., None]
+    assert images is not None and stored is not None
     index = {cls: label for label, cls in enumerate(classes)}
     labels = np.array([index[keyed[i][0]] for i in order], dtype=np.int64)
     parsed = check_arrays(images, labels, "classification", limits, stored)
     return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes, parsed.images_npy)
+
+
+def _widen(images: np.ndarray | None, shape: tuple[int, int, int, int]) -> tuple[memoryview, np.ndarray]:
+    stored, widened = npy_array(shape, np.dtype(np.uint8))
+    if images is not None:
+        widened[...] = images
+    return stored, widened
+
+
+def _class_paths(paths: list[tuple[str, ...]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(class, path) of each image: `class/file`, or `root/class/file` with one shared root."""
+    depths = {len(parts) for parts in paths}
+    roots = {parts[0] for parts in paths}
+    if depths == {3} and len(roots) == 1:
+        return [(parts[1], parts) for parts in paths]
+    if depths == {2}:
+        return [(parts[0], parts) for parts in paths]
+    odd = next("/".join(parts) for parts in paths if len(parts) != 2)
+    raise DatasetError(f"put the images in one sub-folder per class (cat/1.png, dog/2.png, …); "
+                       f"'{odd}' is not in such a folder")
