@@ -192,9 +192,11 @@ def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, names: l
     stored: memoryview | None = None
     images: np.ndarray | None = None
     first: tuple[str, tuple[int, int]] | None = None
+    read = 0
     for i, (name, data) in enumerate(members):
         if i >= len(names) or name != names[i]:
             raise DatasetError("the archive reads differently the second time; upload it again")
+        read += 1
         image = _decode(name, data, limits, len(names))
         size = image.shape[:2]
         if first is None:
@@ -210,7 +212,8 @@ def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, names: l
             # (H×W×1) broadcast into a colour copy.
             stored, images = _widen(images, (len(names), *size, channels))
         images[rows[i]] = image if image.ndim == 3 else image[..., None]
-    assert images is not None and stored is not None
+    if images is None or stored is None or read != len(names):
+        raise DatasetError("the archive reads differently the second time; upload it again")
     index = {cls: label for label, cls in enumerate(classes)}
     labels = np.array([index[keyed[i][0]] for i in order], dtype=np.int64)
     parsed = check_arrays(images, labels, "classification", limits, stored)
