@@ -8,6 +8,8 @@ from flask import Flask, request
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.headers import register_security_headers
+from api.limits import register_body_limits
 from api.routes import (
     dashboard, datasets, docs, evaluations, health, leaderboard, metrics, models, pictures, tenant,
 )
@@ -24,6 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     app.json.sort_keys = False
     register_error_handlers(app)
+    register_body_limits(app, settings)
+    register_security_headers(app)
     register_auth(app)
     # Path parameters skip `parse`; PostgreSQL text cannot hold NUL, so refuse it here as a 400.
     app.before_request(lambda: reject_nul(request.view_args or {}, "path"))

@@ -37,6 +37,10 @@ class Unauthorized(Problem):
     status, title, type = 401, "Unauthorized", "/problems/unauthorized"
 
 
+class Forbidden(Problem):
+    status, title, type = 403, "Forbidden", "/problems/forbidden"
+
+
 class NotFound(Problem):
     status, title, type = 404, "Not found", "/problems/not-found"
 
@@ -74,14 +78,11 @@ def register_error_handlers(app: Flask) -> None:
         detail = error.description or error.name
         if error.code == 413:
             # Imported here: api.uploads imports this module.
+            from api.limits import too_large_detail
             from api.uploads import discard_unread_body
 
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            detail = f"the upload is larger than the limit of {limit} bytes (SHIFTSCORE_MAX_UPLOAD_BYTES)"
-            if request.content_length is not None and request.content_length <= limit:
-                detail = (f"a form field is larger than {app.config.get('MAX_FORM_MEMORY_SIZE')} bytes or the "
-                          "form has too many parts; send large content as the multipart 'file' part")
-            discard_unread_body(limit)
+            detail = too_large_detail()
+            discard_unread_body(request.max_content_length or 0)
         response = problem_response(error.code or 500, error.name, detail)
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)

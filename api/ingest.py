@@ -7,6 +7,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -34,12 +35,23 @@ class Limits:
 LIMITS = Limits()
 
 
+def upload_limits(max_decoded_bytes: int) -> Limits:
+    """The limits of an upload parsed inside an API process (SHIFTSCORE_MAX_DECODED_BYTES)."""
+    return Limits(max_decoded_bytes=max_decoded_bytes)
+
+
 @dataclass(frozen=True)
 class ParsedDataset:
     images: np.ndarray  # N×H×W×C uint8
     targets: np.ndarray  # N labels, or N×H×W masks for segmentation
     task: str
     classes: tuple[str, ...] | None = None  # an image folder's class names, label order
+    # The stored .npy of `images` when they were decoded straight into it (`npy_array`).
+    images_npy: memoryview | None = None
+
+    def stored_images(self) -> bytes | memoryview:
+        """The images in their stored form, without another copy when they already are."""
+        return self.images_npy if self.images_npy is not None else to_npy_bytes(self.images)
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +67,22 @@ def to_npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def npy_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[memoryview, np.ndarray]:
+    """A .npy file in memory and the C-order array inside it: filling one fills the other.
+
+    Uploads are decoded straight into their stored form, so the API never holds the images
+    twice more (a stacked array, then its serialisation). np.empty, unlike bytearray, leaves
+    the pages uncommitted until they are written.
+    """
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {
+        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    offset = len(header.getvalue())
+    data = np.empty(offset + math.prod(shape) * dtype.itemsize, np.uint8)
+    data[:offset] = np.frombuffer(header.getvalue(), np.uint8)
+    return memoryview(data), data[offset:].view(dtype).reshape(shape)
 
 
 def parse_dataset(path: Path, limits: Limits = LIMITS) -> ParsedDataset:
@@ -133,13 +161,17 @@ def npz_arrays(archive: zipfile.ZipFile, limits: Limits = LIMITS) -> ParsedDatas
         task, key = "segmentation", "masks"
     else:
         raise DatasetError("the NPZ needs a 'labels' array (or 'masks' for segmentation)")
-    images = _read_npy(archive, members["images"], "images", limits)
-    targets = _read_npy(archive, members[key], key, limits)
-    return check_arrays(images, targets, task, limits)
+    images, stored = _read_npy(archive, members["images"], "images", limits)
+    targets, _ = _read_npy(archive, members[key], key, limits)
+    return check_arrays(images, targets, task, limits, stored)
 
 
-def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limits: Limits) -> np.ndarray:
-    """One .npy member: its header decides dtype and size before anything is allocated."""
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
+              limits: Limits) -> tuple[np.ndarray, memoryview | None]:
+    """One .npy member, and its stored .npy when read straight into one (images).
+
+    Its header decides dtype and size before anything is allocated.
+    """
     try:
         with archive.open(info) as member:
             version = np.lib.format.read_magic(member)
@@ -157,12 +189,30 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limits:
             if member.tell() + nbytes != info.file_size:
                 raise DatasetError(f"'{key}' is damaged: its header declares shape {shape} ({nbytes} bytes) "
                                    f"but the member holds {info.file_size - member.tell()} bytes")
+            if key == "images" and not fortran and len(shape) in (3, 4):
+                # Read straight into the stored form; N×H×W gains its channel axis in the header only.
+                stored, array = npy_array(shape if len(shape) == 4 else (*shape, 1), dtype)
+                if _read_into(member, memoryview(stored)[len(stored) - nbytes:]) != nbytes:
+                    raise DatasetError(f"'{key}' is damaged: it ends before its {nbytes} bytes")
+                return array, stored
             data = member.read(nbytes)
     except DatasetError:
         raise
     except Exception as exc:  # noqa: BLE001 — a damaged member is the client's problem
         raise DatasetError(f"'{key}' could not be read from the NPZ: {type(exc).__name__}: {exc}") from None
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C"), None
+
+
+def _read_into(stream: IO[bytes], view: memoryview) -> int:
+    """Fill `view` from `stream` a block at a time (readinto on a zip member reads it whole first)."""
+    done = 0
+    while done < len(view):
+        block = stream.read(min(1 << 24, len(view) - done))
+        if not block:
+            break
+        view[done:done + len(block)] = block
+        done += len(block)
+    return done
 
 
 def _check_dtype(key: str, dtype: np.dtype) -> None:
@@ -177,8 +227,9 @@ def _check_dtype(key: str, dtype: np.dtype) -> None:
         raise DatasetError(f"'{key}' must be integers, got {dtype}")
 
 
-def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Limits = LIMITS) -> ParsedDataset:
-    """Check shapes and types, and give images their channel axis."""
+def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Limits = LIMITS,
+                 images_npy: memoryview | None = None) -> ParsedDataset:
+    """Check shapes and types, and give images their channel axis (`images_npy`: their stored form)."""
     if images.dtype != np.uint8:
         raise DatasetError(f"'images' must be uint8 (0–255), got {images.dtype}")
     if images.ndim == 3:
@@ -214,7 +265,7 @@ def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Lim
         raise DatasetError(f"{name} must be non-negative class indices")
     if targets.max() >= MAX_CLASSES:
         raise DatasetError(f"{name} must be below {MAX_CLASSES}")
-    return ParsedDataset(np.ascontiguousarray(images), targets.astype(np.int64), task)
+    return ParsedDataset(np.ascontiguousarray(images), targets.astype(np.int64), task, images_npy=images_npy)
 
 
 def digits() -> ParsedDataset:

@@ -16,17 +16,18 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
-from api.ingest import DatasetError, Limits, ParsedDataset, check_arrays
+from api.ingest import DatasetError, Limits, ParsedDataset, check_arrays, npy_array
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
 _ABSOLUTE = re.compile(r"^([/\\]|[A-Za-z]:)")
+T = TypeVar("T")
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
@@ -45,7 +46,7 @@ def _parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _zip_members(archive: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str, bytes]]:
+def _zip_members(archive: zipfile.ZipFile, limits: Limits, *, read: bool = True) -> Iterator[tuple[str, bytes]]:
     infos = sorted(archive.infolist(), key=lambda info: info.filename)
     # Every name is checked before any member is inflated.
     for info in infos:
@@ -62,7 +63,7 @@ def _zip_members(archive: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str
             raise DatasetError(f"'{info.filename}' inflates to {info.file_size} bytes; "
                                f"one image may take at most {limits.max_member_bytes}")
         try:
-            data = archive.read(info)
+            data = archive.read(info) if read else b""
         except Exception as exc:  # noqa: BLE001 — CRC errors, unknown compression: a damaged upload
             raise DatasetError(f"'{info.filename}' could not be read from the zip: {exc}") from None
         yield info.filename, data
@@ -91,7 +92,7 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _tar_members(stream: IO[bytes], limits: Limits) -> Iterator[tuple[str, bytes]]:
+def _tar_members(stream: IO[bytes], limits: Limits, *, read: bool = True) -> Iterator[tuple[str, bytes]]:
     # Stream mode ("r|"): members are read in order, never seeking, never extracted.
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         for count, member in enumerate(archive, start=1):
@@ -112,30 +113,39 @@ def _tar_members(stream: IO[bytes], limits: Limits) -> Iterator[tuple[str, bytes
             if member.size > limits.max_member_bytes:
                 raise DatasetError(f"'{member.name}' is {member.size} bytes; "
                                    f"one image may take at most {limits.max_member_bytes}")
-            handle = archive.extractfile(member)
+            handle = archive.extractfile(member) if read else None
             yield member.name, handle.read() if handle is not None else b""
 
 
 def zip_image_folder(archive: zipfile.ZipFile, limits: Limits) -> ParsedDataset:
     """The dataset in an open zip of class folders."""
-    return _image_folder(_zip_members(archive, limits), limits)
+    names = [name for name, _ in _zip_members(archive, limits, read=False)]
+    return _image_folder(_zip_members(archive, limits), limits, names)
 
 
 def tar_image_folder(path: Path, limits: Limits, *, gzipped: bool) -> ParsedDataset:
     """The dataset in a .tar.gz (or plain .tar) of class folders."""
+    # A first pass lists the files without decoding any (inflating is cheap next to decoding).
+    names = _read_tar(path, limits, gzipped,
+                      lambda stream: [name for name, _ in _tar_members(stream, limits, read=False)])
+    return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), limits, names))
+
+
+def _read_tar(path: Path, limits: Limits, gzipped: bool, read: Callable[[IO[bytes]], T]) -> T:
+    """`read` applied to the archive's inflated stream, bounded; a damaged archive is the client's problem."""
     with path.open("rb") as raw:
         stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
         bounded = io.BufferedReader(_Bounded(stream, limits.max_inflated_bytes), 1 << 16)
         try:
-            return _image_folder(_tar_members(bounded, limits), limits)
+            return read(bounded)
         except DatasetError:
             raise
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise DatasetError(f"the tar archive is truncated or damaged: {exc}") from None
 
 
-def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
-    """One PNG or JPEG as H×W (grayscale) or H×W×3 (colour) uint8."""
+def _decode(name: str, data: bytes, limits: Limits, count: int) -> np.ndarray:
+    """One PNG or JPEG of a folder of `count` files as H×W (grayscale) or H×W×3 (colour) uint8."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -144,11 +154,18 @@ def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
             if width > limits.max_side or height > limits.max_side:
                 raise DatasetError(f"'{name}' is {width}×{height} pixels; images may be at most "
                                    f"{limits.max_side} pixels high and wide")
+            # Every image has the first one's size, so its header alone tells what the folder would
+            # decode to: refused before a pixel is decoded (3 bytes a pixel, as colour, the worst case).
+            if count * width * height * 3 > limits.max_decoded_bytes:
+                raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes: "
+                                   f"{count} files of {width}×{height} pixels would take "
+                                   f"{count * width * height * 3}; upload fewer or smaller images")
             if image.mode in _WIDE_MODES:
                 raise DatasetError(f"'{name}' has {image.mode} pixels (more than 8 bits); save 8-bit images")
             image.load()
             # Alpha is dropped; palette and CMYK images become RGB.
-            return np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+            mode = "L" if image.mode in _GRAY_MODES else "RGB"
+            return np.asarray(image if image.mode == mode else image.convert(mode))
     except DatasetError:
         raise
     except UnidentifiedImageError:
@@ -160,13 +177,27 @@ def _decode(name: str, data: bytes, limits: Limits) -> np.ndarray:
         raise DatasetError(f"'{name}' could not be decoded (truncated or corrupt?): {exc}") from None
 
 
-def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits) -> ParsedDataset:
-    found: list[tuple[tuple[str, ...], np.ndarray]] = []
+def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, names: list[str]) -> ParsedDataset:
+    """The dataset of an archive whose files (folders and junk aside) `members` yields as `names` listed them.
+
+    The names fix each image's row before any is decoded, so each is decoded straight into its
+    row of the stored .npy and let go: the API holds the images once, not a list and then a copy.
+    """
+    if not names:
+        raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
+    keyed = _class_paths([_parts(name) for name in names])
+    classes = tuple(sorted({cls for cls, _ in keyed}))
+    order = sorted(range(len(names)), key=lambda i: keyed[i])
+    rows = {i: row for row, i in enumerate(order)}
+    stored: memoryview | None = None
+    images: np.ndarray | None = None
     first: tuple[str, tuple[int, int]] | None = None
-    decoded = 0
-    for name, data in members:
-        parts = _parts(name)
-        image = _decode(name, data, limits)
+    read = 0
+    for i, (name, data) in enumerate(members):
+        if i >= len(names) or name != names[i]:
+            raise DatasetError("the archive reads differently the second time; upload it again")
+        read += 1
+        image = _decode(name, data, limits, len(names))
         size = image.shape[:2]
         if first is None:
             first = (name, size)
@@ -175,42 +206,35 @@ def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits) -> Parse
                 f"all images must have one size: '{first[0]}' is {first[1][1]}×{first[1][0]} but "
                 f"'{name}' is {size[1]}×{size[0]} (width×height); resize them before uploading"
             )
-        decoded += image.shape[0] * image.shape[1] * 3
-        if decoded > limits.max_decoded_bytes:
-            raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes")
-        found.append((parts, image))
-    if not found:
-        raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
-    return _assemble(found, limits)
-
-
-def _class_paths(found: list[tuple[tuple[str, ...], np.ndarray]]) -> list[tuple[str, tuple[str, ...]]]:
-    """(class, path) of each image: `class/file`, or `root/class/file` with one shared root."""
-    depths = {len(parts) for parts, _ in found}
-    roots = {parts[0] for parts, _ in found}
-    if depths == {3} and len(roots) == 1:
-        return [(parts[1], parts) for parts, _ in found]
-    if depths == {2}:
-        return [(parts[0], parts) for parts, _ in found]
-    odd = next("/".join(parts) for parts, _ in found if len(parts) != 2)
-    raise DatasetError(f"put the images in one sub-folder per class (cat/1.png, dog/2.png, …); "
-                       f"'{odd}' is not in such a folder")
-
-
-def _assemble(found: list[tuple[tuple[str, ...], np.ndarray]], limits: Limits) -> ParsedDataset:
-    keyed = _class_paths(found)
-    classes = tuple(sorted({cls for cls, _ in keyed}))
-    order = sorted(range(len(found)), key=lambda i: keyed[i])
-    colour = any(image.ndim == 3 for _, image in found)
-    images = np.stack([_channels(found[i][1], colour) for i in order])
+        channels = 3 if image.ndim == 3 else 1
+        if images is None or channels > images.shape[3]:
+            # A folder that mixes grayscale and colour images is stored as colour: the rows so far
+            # (H×W×1) broadcast into a colour copy.
+            stored, images = _widen(images, (len(names), *size, channels))
+        images[rows[i]] = image if image.ndim == 3 else image[..., None]
+    if images is None or stored is None or read != len(names):
+        raise DatasetError("the archive reads differently the second time; upload it again")
     index = {cls: label for label, cls in enumerate(classes)}
     labels = np.array([index[keyed[i][0]] for i in order], dtype=np.int64)
-    parsed = check_arrays(images, labels, "classification", limits)
-    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes)
+    parsed = check_arrays(images, labels, "classification", limits, stored)
+    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes, parsed.images_npy)
 
 
-def _channels(image: np.ndarray, colour: bool) -> np.ndarray:
-    # A folder that mixes grayscale and colour images is stored as colour.
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2) if colour else image[..., None]
-    return image
+def _widen(images: np.ndarray | None, shape: tuple[int, int, int, int]) -> tuple[memoryview, np.ndarray]:
+    stored, widened = npy_array(shape, np.dtype(np.uint8))
+    if images is not None:
+        widened[...] = images
+    return stored, widened
+
+
+def _class_paths(paths: list[tuple[str, ...]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(class, path) of each image: `class/file`, or `root/class/file` with one shared root."""
+    depths = {len(parts) for parts in paths}
+    roots = {parts[0] for parts in paths}
+    if depths == {3} and len(roots) == 1:
+        return [(parts[1], parts) for parts in paths]
+    if depths == {2}:
+        return [(parts[0], parts) for parts in paths]
+    odd = next("/".join(parts) for parts in paths if len(parts) != 2)
+    raise DatasetError(f"put the images in one sub-folder per class (cat/1.png, dog/2.png, …); "
+                       f"'{odd}' is not in such a folder")

@@ -176,6 +176,8 @@ def _responses(op: Operation, refs: Mapping, secured: bool, has_path_args: bool)
         defaults["414"] = {"description": "the URL is longer than the server accepts (4094 bytes)"}
     if op.form:
         defaults["413"] = _problem("the upload is larger than SHIFTSCORE_MAX_UPLOAD_BYTES")
+    if op.body:
+        defaults["413"] = _problem("the JSON body is larger than SHIFTSCORE_MAX_JSON_BYTES")
     for status, entry in defaults.items():
         out.setdefault(status, entry)
     return dict(sorted(out.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,9 @@ MISSING: Color = (233, 236, 239)
 MARGIN = 20
 GAP = 36
 BAR_WIDTH = 18
-MAX_AXIS = 121  # lattice columns (or rows) before falling back to the distinct values only
+# Lattice columns (or rows) at most: beyond it, the distinct values; beyond that, bins. Keeps
+# every picture within a few thousand pixels whatever the grid (a 10,000-point list included).
+MAX_AXIS = 121
 
 
 def _hex(color: str) -> Color:
@@ -103,7 +106,8 @@ def axis_positions(values: Sequence[float]) -> list[float]:
 
     A range grid gives its own axis back; an explicit list gets the gaps between its points
     drawn as empty cells, so the points sit where they are on the dx/dy plane. Spacings too
-    fine for a picture fall back to the distinct values in order.
+    fine for a picture fall back to the distinct values in order, and more distinct values than
+    MAX_AXIS to evenly spaced bins (`bin_centres`).
     """
     distinct = sorted(set(round(float(v), 6) for v in values))
     if len(distinct) < 2:
@@ -113,9 +117,32 @@ def axis_positions(values: Sequence[float]) -> list[float]:
     for a, b in zip(scaled, scaled[1:]):
         unit = math.gcd(unit, b - a)
     count = (scaled[-1] - scaled[0]) // unit + 1
-    if count > MAX_AXIS:
+    if count <= MAX_AXIS:
+        return [round((scaled[0] + k * unit) / 1_000_000, 6) for k in range(count)]
+    if len(distinct) <= MAX_AXIS:
         return distinct
-    return [round((scaled[0] + k * unit) / 1_000_000, 6) for k in range(count)]
+    return bin_centres(distinct[0], distinct[-1])
+
+
+def bin_centres(low: float, high: float) -> list[float]:
+    """At most MAX_AXIS centres k·width spanning [low, high], the width a round 1, 2, 2.5 or 5 × 10^n."""
+    magnitude = 10.0 ** math.floor(math.log10((high - low) / (MAX_AXIS - 1)))
+    for factor in (1, 2, 2.5, 5, 10, 20, 25, 50, 100):
+        width = factor * magnitude
+        first, last = math.floor(low / width + 0.5), math.floor(high / width + 0.5)
+        if last - first + 1 <= MAX_AXIS:
+            break
+    return [round(k * width, 6) for k in range(first, last + 1)]
+
+
+def _nearest(positions: Sequence[float], value: float) -> int:
+    """Index of the position nearest `value` (positions ascending): its own cell, or its bin."""
+    i = bisect.bisect_left(positions, value)
+    if i == 0:
+        return 0
+    if i == len(positions) or value - positions[i - 1] <= positions[i] - value:
+        return i - 1
+    return i
 
 
 @dataclass(frozen=True)
@@ -124,18 +151,32 @@ class Lattice:
 
     xs: tuple[float, ...]
     ys: tuple[float, ...]
+    binned: bool = False  # some cells stand for several shifts (their mean is drawn)
 
     @classmethod
     def through(cls, shifts: Sequence[Shift]) -> "Lattice":
-        return cls(tuple(axis_positions([dx for dx, _ in shifts])), tuple(axis_positions([dy for _, dy in shifts])))
+        xs = tuple(axis_positions([dx for dx, _ in shifts]))
+        ys = tuple(axis_positions([dy for _, dy in shifts]))
+        on_x, on_y = set(xs), set(ys)
+        binned = any(round(dx, 6) not in on_x or round(dy, 6) not in on_y for dx, dy in shifts)
+        return cls(xs, ys, binned)
 
     def cell(self, shift: Shift) -> tuple[int, int]:
         """(column, row) of a shift on the lattice."""
-        dx, dy = round(shift[0], 6), round(shift[1], 6)
-        return self.xs.index(dx), self.ys.index(dy)
+        return _nearest(self.xs, round(shift[0], 6)), _nearest(self.ys, round(shift[1], 6))
 
     def cell_size(self) -> int:
         return int(min(60, max(3, min(720 // len(self.xs), 560 // len(self.ys)))))
+
+    def means(self, values: Mapping[Shift, float | None]) -> dict[tuple[int, int], float | None]:
+        """The value of each cell: its shift's, or the mean of its shifts' when binned (None if none has one)."""
+        sums: dict[tuple[int, int], list[float]] = {}
+        for shift, value in values.items():
+            total = sums.setdefault(self.cell(shift), [0.0, 0])
+            if value is not None:
+                total[0] += float(value)
+                total[1] += 1
+        return {key: (total / count if count else None) for key, (total, count) in sums.items()}
 
 
 @dataclass(frozen=True)
@@ -192,6 +233,9 @@ class _Figure:
     """Lays out a title, panels sharing one lattice, and colour bars; then draws them."""
 
     def __init__(self, lattice: Lattice, title: str, subtitle: str) -> None:
+        if lattice.binned:
+            subtitle = " · ".join(filter(None, [subtitle, "too many shifts for a cell each: a cell is the "
+                                                          "mean of the shifts nearest it"]))
         self.lattice, self.title, self.subtitle = lattice, _plain(title), _plain(subtitle)
         self.cell = lattice.cell_size()
         self.title_font, self.sub_font = _font(18), _font(13)
@@ -237,7 +281,7 @@ class _Figure:
         plot_x = x + self.left_w
         label = _fit(self.label_font, _plain(panel.label), self.plot_w + GAP - 8)
         draw.text((plot_x, top - 8), label, font=self.label_font, fill=INK, anchor="ld")
-        filled = {lattice.cell(shift): value for shift, value in panel.values.items()}
+        filled = lattice.means(panel.values)
         gap = 1 if cell >= 14 else 0
         for row in range(len(lattice.ys)):
             for col in range(len(lattice.xs)):
@@ -247,7 +291,7 @@ class _Figure:
                 draw.rectangle((x0, y0, x0 + cell - 1 - gap, y0 + cell - 1 - gap), fill=color)
                 if value is not None:
                     self._cell_text(draw, x0, y0, panel.formatter(value), color)
-        if (0.0, 0.0) in {(x_, y_) for x_ in lattice.xs for y_ in lattice.ys}:
+        if 0.0 in lattice.xs and 0.0 in lattice.ys and not lattice.binned:
             col, row = lattice.cell((0.0, 0.0))
             x0, y0 = plot_x + col * cell, top + row * cell
             # Dark then light, so the outline shows on dark and light cells alike.

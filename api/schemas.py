@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from api.errors import BadRequest
+from worker.engine.grid import MAX_SHIFTS
 
 Padding = Literal["zeros", "circular", "reflect", "edge", "crop"]
 ModelFormat = Literal["torchscript", "exported", "state_dict", "onnx"]
@@ -30,6 +31,8 @@ PIXEL_SCALE = ("Pixels are divided by 255 to [0, 1] first, then normalized per c
 MAX_INPUT_CHANNELS = 64
 MAX_INPUT_SIDE = 4096
 MAX_INPUT_VALUES = 3 * 1024 * 1024  # channels × height × width of one image
+# One value per channel at most: a longer list is refused before it is walked.
+PerChannel = Annotated[list[float], Field(min_length=1, max_length=MAX_INPUT_CHANNELS)]
 
 
 class InputSpec(Strict):
@@ -41,8 +44,8 @@ class InputSpec(Strict):
     height: int = Field(ge=1, description=f"at most {MAX_INPUT_SIDE}")
     width: int = Field(ge=1, description=f"at most {MAX_INPUT_SIDE}; channels × height × width at most "
                                          f"{MAX_INPUT_VALUES:,}")
-    mean: float | list[float] = Field(default=0.0, description="in [0, 1]; subtracted after pixels are divided by 255")
-    std: float | list[float] = Field(default=1.0, description="in (0, 1]; divides after the mean is subtracted")
+    mean: float | PerChannel = Field(default=0.0, description="in [0, 1]; subtracted after pixels are divided by 255")
+    std: float | PerChannel = Field(default=1.0, description="in (0, 1]; divides after the mean is subtracted")
 
     @field_validator("std")
     @classmethod
@@ -93,7 +96,8 @@ class ListShifts(Strict):
     """An explicit list of distinct (dx, dy) pairs."""
 
     # `builtins.list`: the field's own name shadows the builtin inside the class body.
-    list: builtins.list[tuple[float, float]] = Field(min_length=1)
+    # Capped here too, so an over-long list stops validating at its limit, not at its end.
+    list: builtins.list[tuple[float, float]] = Field(min_length=1, max_length=MAX_SHIFTS)
 
 
 SHIFTS_SHAPES = 'give shifts as {"dx": [min, max], "dy": [min, max], "step": 1} or {"list": [[dx, dy], ...]}'

@@ -254,3 +254,13 @@ class SegmentationResult(Base):
     agreed: Mapped[int] = mapped_column(BigInteger)
     equivariance_error: Mapped[float | None] = mapped_column(Float)
     miou: Mapped[float | None] = mapped_column(Float)
+
+
+class EvaluationTag(Base):
+    """One tag of an evaluation: `?tag=` is an indexed lookup, not a scan of every request's JSON."""
+
+    __tablename__ = "evaluation_tags"
+    __table_args__ = (Index("ix_evaluation_tags_tag", "tag", "evaluation_id"),)
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)

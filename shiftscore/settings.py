@@ -68,7 +68,7 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
         return True
     if raw in {"off", "false", "0", "no"}:
         return False
-    raise SettingsError(f"{name}={env[name]!r} must be on or off")
+    raise SettingsError(f"{name}={env[name]!r} must be on or off (true or false)")
 def _allow_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
     from shiftscore.egress import parse_allow_entry
 
@@ -77,8 +77,6 @@ def _allow_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
         return tuple(parse_allow_entry(entry) for entry in entries)
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from exc
-
-
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; each has an embedded default."""
@@ -118,6 +116,14 @@ class Settings:
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_deadline_s: float = 10.0
     webhook_concurrency: int = 4
+    # Every request body that is not a multipart upload (that is, JSON) is refused (413) past this.
+    max_json_bytes: int = 1024 * 1024
+    # Pixels one dataset upload may decode to inside an API process (N·H·W·C bytes).
+    max_decoded_bytes: int = 512 * 1024 * 1024
+    # /metrics: when a token is set it needs `Authorization: Bearer <token>`; without one it is
+    # closed unless metrics_public (service-wide totals are not every tenant's business).
+    metrics_token: str | None = None
+    metrics_public: bool = False
 
     @property
     def embedded_database(self) -> bool:
@@ -176,6 +182,10 @@ class Settings:
             webhook_allow_hosts=_allow_hosts(env, "SHIFTSCORE_WEBHOOK_ALLOW_HOSTS"),
             webhook_deadline_s=_float(env, "SHIFTSCORE_WEBHOOK_DEADLINE", 10.0, 0.5),
             webhook_concurrency=_int(env, "SHIFTSCORE_WEBHOOK_CONCURRENCY", 4, 1),
+            max_json_bytes=_int(env, "SHIFTSCORE_MAX_JSON_BYTES", 1024 * 1024, 1024),
+            max_decoded_bytes=_int(env, "SHIFTSCORE_MAX_DECODED_BYTES", 512 * 1024 * 1024, 1),
+            metrics_token=env.get("SHIFTSCORE_METRICS_TOKEN") or None,
+            metrics_public=_switch(env, "SHIFTSCORE_METRICS_PUBLIC", False),
         )
 
 

@@ -39,6 +39,9 @@ def run_up(settings: Settings) -> int:
     env["SHIFTSCORE_DATABASE_URL"] = settings.database_url
     env["SHIFTSCORE_STORAGE_DIR"] = str(settings.storage_dir)
     env["SHIFTSCORE_PORT"] = str(settings.port)
+    if settings.host in ("127.0.0.1", "localhost", "::1"):
+        # One machine, reached from itself only: /metrics needs no token unless one is set.
+        env.setdefault("SHIFTSCORE_METRICS_PUBLIC", "true")
     # The embedded Redis lives as long as this process; the children reach it by its socket.
     env["SHIFTSCORE_BROKER_URL"] = celery_broker_url(settings.broker_url)
     os.environ.update(env)

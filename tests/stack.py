@@ -22,6 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("SHIFTSCORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("SHIFTSCORE_TEST_REDIS", "redis://127.0.0.1:6379")
+METRICS_TOKEN = "test-metrics-token"  # every test stack's /metrics needs it (SHIFTSCORE_METRICS_TOKEN)
 
 
 def free_port() -> int:
@@ -250,6 +251,7 @@ def stack_env(home: Path, **overrides: str) -> dict[str, str]:
         "SHIFTSCORE_HOME": str(home),
         "SHIFTSCORE_PROGRESS_INTERVAL": "0.1",
         "SHIFTSCORE_BATCH_SIZE": "128",
+        "SHIFTSCORE_METRICS_TOKEN": METRICS_TOKEN,
     })
     env.update(overrides)
     return env

@@ -1,11 +1,13 @@
-"""/metrics for Prometheus: aggregate counts only, no tenant's data, so no token is asked for."""
+"""/metrics for Prometheus: aggregate counts over every tenant, behind the metrics token (api.auth)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
+from api.auth import check_metrics_access
 from api.openapi import Reply, operation
 from api.services.metrics import exposition
+from shiftscore.settings import get_settings
 
 bp = Blueprint("metrics", __name__)
 # The classic text format every Prometheus version reads (generate_latest writes it).
@@ -14,6 +16,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @bp.get("/metrics")
 @operation("Prometheus metrics: evaluations by status, sweep throughput, queue depth", tag="health",
-           responses={200: Reply("text exposition format 0.0.4", media_type="text/plain")})
+           responses={200: Reply("text exposition format 0.0.4", media_type="text/plain"),
+                      401: "SHIFTSCORE_METRICS_TOKEN is set and this is not it",
+                      403: "no metrics token is set and SHIFTSCORE_METRICS_PUBLIC is off"})
 def metrics():
+    check_metrics_access(get_settings())
     return Response(exposition(), headers={"Content-Type": CONTENT_TYPE})

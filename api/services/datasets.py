@@ -9,10 +9,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from api.errors import NotFound, Unprocessable
-from api.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes
+from api.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
 from api.pagination import paginate
 from db.blobs import put_blob
 from db.models import Dataset, utcnow
+from shiftscore.settings import get_settings
 
 BUILTINS = {"digits": digits}
 
@@ -34,7 +35,7 @@ def _store(session: Session, parsed: ParsedDataset, *, tenant_id: str | None, na
         builtin=builtin,
         task=parsed.task,
         sha256=sha256,
-        images_blob=put_blob(session, to_npy_bytes(images)),
+        images_blob=put_blob(session, parsed.stored_images()),
         targets_blob=put_blob(session, to_npy_bytes(parsed.targets)),
         num_samples=images.shape[0],
         channels=images.shape[3],
@@ -70,7 +71,7 @@ def create_dataset(session: Session, tenant_id: str, name: str, path: Path, file
         session.flush()
         return dataset
     try:
-        parsed = parse_dataset(path)
+        parsed = parse_dataset(path, upload_limits(get_settings().max_decoded_bytes))
     except DatasetError as exc:
         raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
     return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256)

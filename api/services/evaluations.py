@@ -19,7 +19,7 @@ from api.services.layers import check_layers_request, check_task, is_segmentatio
 from api.services.models import get_model
 from api.services.webhooks import check_webhook_url
 from db import jobs
-from db.models import ClassResult, Dataset, Evaluation, ExampleResult, Model, ShiftResult
+from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
 from worker.engine.grid import Grid, GridError, build_grid, check_grid_fits
 from worker.queue import enqueue_evaluation
@@ -106,6 +106,8 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
         session.add(evaluation)
         try:
             session.flush()
+            session.add_all(EvaluationTag(evaluation_id=evaluation.id, tag=tag) for tag in dict.fromkeys(body.tags))
+            session.flush()
         except IntegrityError:
             # Another request with the same Idempotency-Key won the race.
             session.rollback()
@@ -146,12 +148,9 @@ def list_evaluations(session: Session, tenant_id: str, query: EvaluationFilter):
         stmt = stmt.where(Evaluation.model_id == query.model_id)
     if query.dataset_id:
         stmt = stmt.where(Evaluation.dataset_id == query.dataset_id)
-    rows, cursor = paginate(session, stmt, Evaluation, query.limit if not query.tag else 10_000, query.cursor)
     if query.tag:
-        # Tags live in a JSON list; filter in Python to stay portable across SQLite and PostgreSQL.
-        rows = [row for row in rows if query.tag in (row.tags or [])][: query.limit]
-        cursor = None
-    return rows, cursor
+        stmt = stmt.where(Evaluation.id.in_(select(EvaluationTag.evaluation_id).where(EvaluationTag.tag == query.tag)))
+    return paginate(session, stmt, Evaluation, query.limit, query.cursor)
 
 
 def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:

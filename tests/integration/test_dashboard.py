@@ -113,7 +113,9 @@ def test_other_tenants_see_none_of_it(pg_stack, evaluations):
 def test_metrics_are_derived_from_the_database(pg_stack, carol, evaluations):
     import requests
 
-    response = requests.get(pg_stack.url + "/metrics", timeout=10)
+    from tests.stack import METRICS_TOKEN
+
+    response = requests.get(pg_stack.url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
     samples = {}
     for line in response.text.splitlines():

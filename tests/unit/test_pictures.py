@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from api.pictures import (RED_BLUE, VIRIDIS, auto_range, axis_positions, bar_ticks, comparison_png, heatmap_png,
-                          sample_png)
+from api.pictures import (MAX_AXIS, RED_BLUE, VIRIDIS, Lattice, auto_range, axis_positions, bar_ticks, bin_centres,
+                          comparison_png, heatmap_png, sample_png)
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -90,6 +91,38 @@ def test_explicit_list_points_keep_their_distances():
     first, last = solid_box(pixels, VIRIDIS[-1]), solid_box(pixels, VIRIDIS[0])
     width = first[2] - first[0] + 1
     assert round((last[0] - first[0]) / width) == 3  # three cells to the right, two of them empty
+
+
+def test_too_many_distinct_values_fall_into_round_bins():
+    centres = bin_centres(-7.4999, 7.4999)
+    assert len(centres) <= MAX_AXIS and centres[0] <= -7.4 and centres[-1] >= 7.4
+    assert {round(b - a, 6) for a, b in zip(centres, centres[1:])} == {0.2}
+    assert 0.0 in centres  # bins sit on multiples of their width, so 0 is a bin of its own
+    assert axis_positions([k / 1000 for k in range(5000)]) == bin_centres(0, 4.999)
+    lattice = Lattice((0.0, 1.0), (0.0,), binned=True)
+    assert lattice.means({(0.1, 0.0): 0.2, (0.2, 0.0): 0.4, (0.9, 0.0): None}) == {(0, 0): pytest.approx(0.3),
+                                                                                  (1, 0): None}
+
+
+def test_a_10000_point_fractional_list_draws_a_bounded_picture():
+    # On main this fell back to a 10,000×10,000 lattice: a 2.7 GB image and a 10⁸-step loop.
+    rng = np.random.default_rng(0)
+    pairs: set[tuple[float, float]] = set()
+    while len(pairs) < 10_000:
+        pairs.add((round(float(rng.uniform(-7.5, 7.5)), 4), round(float(rng.uniform(-7.5, 7.5)), 4)))
+    lattice = Lattice.through(sorted(pairs))
+    assert len(lattice.xs) <= MAX_AXIS and len(lattice.ys) <= MAX_AXIS and lattice.binned
+    rows = [{"dx": dx, "dy": dy, "accuracy": 1.0 if dx < -0.5 else 0.0, "agreement": 1.0} for dx, dy in pairs]
+    started = time.perf_counter()
+    both = decode(heatmap_png(rows, ["accuracy", "agreement"], title="t", full_scale=True))
+    compare = decode(comparison_png(rows, rows, "accuracy", labels=("a", "b"), title="t", full_scale=True))
+    assert time.perf_counter() - started < 5
+    assert both.shape[0] <= 900 and both.shape[1] <= 2000, both.shape
+    assert compare.shape[0] <= 900 and compare.shape[1] <= 3000, compare.shape
+    # Each cell is the mean of its shifts: all 100% left of dx = -0.5, all 0% right of it.
+    single = decode(heatmap_png(rows, ["accuracy"], title="t", full_scale=True))
+    right, left = solid_box(single, VIRIDIS[0]), solid_box(single, VIRIDIS[-1])
+    assert left[2] < right[0]
 
 
 def test_colour_scale_range_and_ticks():

@@ -69,14 +69,26 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def _axis(bounds: Any, step: float, name: str) -> list[float]:
+def axis_count(low: float, high: float, step: float, name: str = "axis") -> int:
+    """How many values k = 0 … ⌊(high − low)/step + 1e-9⌋ an axis has, counted without building it.
+
+    Raises GridError past MAX_SHIFTS, so a request such as [0, 1e12] costs arithmetic, not a list.
+    """
+    quotient = (high - low) / step
+    # A span of 1e308 (or a step of 1e-308) overflows to inf: refuse it rather than floor() it.
+    if not math.isfinite(quotient) or quotient + 1e-9 >= MAX_SHIFTS:
+        raise GridError(f"shifts.{name} [{low:g}, {high:g}] in steps of {step:g} has more than {MAX_SHIFTS} "
+                        f"values; a grid has at most {MAX_SHIFTS} shifts (narrow the range or use a larger step)")
+    return math.floor(quotient + 1e-9) + 1
+
+
+def _bounds(bounds: Any, name: str) -> tuple[float, float]:
     if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
         raise GridError(f"shifts.{name} must be [min, max]")
     low, high = (_number(v, f"shifts.{name}") for v in bounds)
     if low > high:
         raise GridError(f"shifts.{name}: min {low:g} is greater than max {high:g}")
-    count = math.floor((high - low) / step + 1e-9) + 1
-    return [_round(low + k * step) for k in range(count)]
+    return low, high
 
 
 def build_grid(spec: dict[str, Any]) -> Grid:
@@ -89,6 +101,8 @@ def build_grid(spec: dict[str, Any]) -> Grid:
         raw = spec["list"]
         if not isinstance(raw, list) or not raw:
             raise GridError("shifts.list must be a non-empty list of [dx, dy] pairs")
+        if len(raw) > MAX_SHIFTS:
+            raise GridError(f"the grid has {len(raw)} shifts; at most {MAX_SHIFTS} are allowed")
         shifts = []
         for item in raw:
             if not isinstance(item, (list, tuple)) or len(item) != 2:
@@ -99,8 +113,6 @@ def build_grid(spec: dict[str, Any]) -> Grid:
         if repeated:
             dx, dy = repeated[0]
             raise GridError(f"shifts.list repeats the pair [{_plain(dx)}, {_plain(dy)}]")
-        if len(shifts) > MAX_SHIFTS:
-            raise GridError(f"the grid has {len(shifts)} shifts; at most {MAX_SHIFTS} are allowed")
         return Grid(tuple(sorted(shifts, key=lambda s: (s[1], s[0]))), None)
     unknown = set(spec) - {"dx", "dy", "step"}
     if unknown:
@@ -110,10 +122,13 @@ def build_grid(spec: dict[str, Any]) -> Grid:
     step = _number(spec.get("step", 1), "shifts.step")
     if step <= 0:
         raise GridError("shifts.step must be positive")
-    xs = _axis(spec["dx"], step, "dx")
-    ys = _axis(spec["dy"], step, "dy")
-    if len(xs) * len(ys) > MAX_SHIFTS:
-        raise GridError(f"the grid has {len(xs) * len(ys)} shifts; at most {MAX_SHIFTS} are allowed")
+    (x_low, x_high), (y_low, y_high) = _bounds(spec["dx"], "dx"), _bounds(spec["dy"], "dy")
+    x_count, y_count = axis_count(x_low, x_high, step, "dx"), axis_count(y_low, y_high, step, "dy")
+    if x_count * y_count > MAX_SHIFTS:
+        raise GridError(f"the grid has {x_count * y_count} shifts; at most {MAX_SHIFTS} are allowed "
+                        "(narrow the dx/dy ranges or use a larger step)")
+    xs = [_round(x_low + k * step) for k in range(x_count)]
+    ys = [_round(y_low + k * step) for k in range(y_count)]
     return Grid(tuple((dx, dy) for dy in ys for dx in xs), _round(step))
 
 
