@@ -90,7 +90,7 @@ def test_a_list_of_10001_pairs_stops_validating_at_the_cap(bob, model_id):
     pairs = [[i % 101 - 50, i // 101 - 50] for i in range(10_001)]  # small enough for the body limit
     problem = assert_problem(bob.post("/v1/evaluations", json=sweep(model_id, shifts={"list": pairs})), 400,
                              "at most 10000 items")
-    assert {"field": "shifts.ListShifts.list",
+    assert {"field": "shifts.list",
             "message": "List should have at most 10000 items after validation, not 10001"} in problem["errors"]
 
 
