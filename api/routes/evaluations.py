@@ -44,15 +44,17 @@ def index():
     query = parse(EvaluationFilter, request.args.to_dict(), "query")
     with session_scope() as session:
         rows, cursor = evaluations.list_evaluations(session, current_tenant(), query)
-        return jsonify(items=[evaluation_json(e) for e in rows], next_cursor=cursor)
+        warnings = evaluations.warnings_by_id(session, rows)
+        return jsonify(items=[evaluation_json(e, warnings[e.id]) for e in rows], next_cursor=cursor)
 
 
 @bp.get("/<evaluation_id>")
-@operation("Get an evaluation: status, progress and summary",
+@operation("Get an evaluation: status, progress, summary, and warnings about its figures",
            responses={200: Reply("the evaluation", responses.Evaluation)})
 def show(evaluation_id: str):
     with session_scope() as session:
-        return jsonify(evaluation_json(evaluations.get_evaluation(session, current_tenant(), evaluation_id)))
+        evaluation = evaluations.get_evaluation(session, current_tenant(), evaluation_id)
+        return jsonify(evaluation_json(evaluation, evaluations.warnings_by_id(session, [evaluation])[evaluation.id]))
 
 
 @bp.get("/<evaluation_id>/shifts")
