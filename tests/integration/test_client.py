@@ -98,7 +98,7 @@ def test_errors_are_typed_and_carry_the_problem(pg_stack, client, ready_model, t
     with pytest.raises(NotFound) as missing:
         client.get_model("no-such-model")
     assert missing.value.status == 404 and missing.value.problem["title"] == "Not found"
-    assert "no model with id 'no-such-model'" in missing.value.detail
+    assert "no model with id or name 'no-such-model'" in missing.value.detail
 
     with pytest.raises(ValidationError) as bad:
         client.submit(ready_model["id"], "digits", shifts=GRID, padding="sideways")
