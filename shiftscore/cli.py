@@ -7,6 +7,7 @@ import os
 import sys
 
 from shiftscore.eval_command import add_eval_parser, join_signed_values, run_eval
+from shiftscore.report_command import add_report_parser, run_report
 from shiftscore.settings import SettingsError, get_settings
 
 
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("tenant")
 
     add_eval_parser(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         # The client side: it needs no server settings.
         return run_eval(args)
+    if args.command == "report":
+        return run_report(args)
 
     for name in ("port", "host"):
         value = getattr(args, name, None)

@@ -338,6 +338,10 @@ class Client:
     def shifts_csv(self, evaluation_id: str) -> str:
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/shifts", params={"format": "csv"}).text
 
+    def report_html(self, evaluation_id: str) -> str:
+        """The succeeded evaluation's report: one self-contained HTML document."""
+        return self._request("GET", f"/v1/evaluations/{evaluation_id}/report.html").text
+
     def classes(self, evaluation_id: str) -> list[Json]:
         """Every per-class row, by label (following the pages)."""
         return list(self._pages(f"/v1/evaluations/{evaluation_id}/classes", {}))

@@ -199,6 +199,11 @@ def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluati
     return evaluation
 
 
+def get_succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:
+    """The evaluation, or a 409 while it has not succeeded."""
+    return _succeeded(session, tenant_id, evaluation_id)
+
+
 Page = tuple[list[dict[str, Any]], str | None]
 
 
