@@ -78,6 +78,8 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--architecture-options", help="the architecture's options as JSON")
     parser.add_argument("--dataset", default="digits", help="dataset id or name")
     parser.add_argument("--dataset-file", help="upload this NPZ (images, labels) and evaluate on it")
+    parser.add_argument("--dataset-name", help="name of the --dataset-file upload (default: the file's name without "
+                                               "extension); the same name and file again reuse that dataset")
     parser.add_argument("--max-shift", type=float, default=3, help="shift dx and dy from -N to N")
     parser.add_argument("--dx", help="dx range MIN:MAX (--dx -2:2 or --dx=-2:2), overrides --max-shift")
     parser.add_argument("--dy", help="dy range MIN:MAX (--dy -2:2 or --dy=-2:2), overrides --max-shift")
@@ -279,7 +281,7 @@ def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     args.model_label = f"{model['name']} v{model['version']}"
     dataset_id = args.dataset
     if args.dataset_file:
-        dataset_id = client.upload_dataset(args.dataset_file)["id"]
+        dataset_id = client.upload_dataset(args.dataset_file, args.dataset_name)["id"]
         _say(args, f"dataset {dataset_id} uploaded")
     evaluation = client.submit(model["id"], dataset_id, shifts=shifts_from(args), padding=args.padding,
                                fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags)
