@@ -63,7 +63,8 @@ function progressBar(progress, status) {
 async function lookup(path) {
   const names = new Map();
   const body = await api(path);
-  for (const item of body.items) names.set(item.id, item.name);
+  // Models carry a version: "name v2" tells two uploads under one name apart.
+  for (const item of body.items) names.set(item.id, item.version ? `${item.name} v${item.version}` : item.name);
   return names;
 }
 
