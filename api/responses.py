@@ -38,6 +38,7 @@ class InputSpecOut(BaseModel):
 class Model(BaseModel):
     id: str
     name: str
+    version: int
     format: ModelFormat
     task: Task
     architecture: str | None
@@ -71,6 +72,11 @@ class Summary(BaseModel):
     num_shifts: int
 
 
+class Warning(BaseModel):
+    code: str
+    detail: str
+
+
 class Evaluation(BaseModel):
     id: str
     status: Status
@@ -83,8 +89,10 @@ class Evaluation(BaseModel):
     finished_at: str | None
     error: EvaluationError | None
     request: dict[str, Any]
+    sweep_key: str
     tags: list[str]
     summary: Summary | None
+    warnings: list[Warning]
 
 
 class DatasetPage(BaseModel):

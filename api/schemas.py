@@ -125,8 +125,8 @@ Shifts = Annotated[
 class EvaluationCreate(Strict):
     """POST /v1/evaluations."""
 
-    model_id: str = Field(max_length=64)
-    dataset_id: str = Field(max_length=64)
+    model_id: str = Field(max_length=200, description="a model's id, or its name: the latest ready version")
+    dataset_id: str = Field(max_length=200, description="a dataset's id, or its name: the newest of that name")
     shifts: Shifts
     padding: Padding = "zeros"
     fill: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -175,8 +175,10 @@ class EvaluationFilter(Strict):
     """Query of GET /v1/evaluations."""
 
     status: Status | None = None
-    model_id: str | None = None
-    dataset_id: str | None = None
+    model_id: str | None = Field(default=None, description="a model's id, or its name: the latest ready version")
+    model_name: str | None = Field(default=None, max_length=200, description="every version of this model name")
+    dataset_id: str | None = Field(default=None, description="a dataset's id, or its name")
+    sweep_key: str | None = Field(default=None, max_length=64, description="only evaluations of this sweep")
     tag: str | None = None
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = None
@@ -187,6 +189,12 @@ class Page(Strict):
 
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = None
+
+
+class NameFilter(Page):
+    """Query of GET /v1/models and GET /v1/datasets: `name` keeps only that name's entries."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 # An evaluation's result tables are bounded (at most 10,000 grid shifts), so their default

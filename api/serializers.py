@@ -36,6 +36,7 @@ def model_json(model: Model) -> dict[str, Any]:
     return {
         "id": model.id,
         "name": model.name,
+        "version": model.version,
         "format": model.format,
         "task": model.task,
         "architecture": model.architecture,
@@ -50,7 +51,8 @@ def model_json(model: Model) -> dict[str, Any]:
     }
 
 
-def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
+def evaluation_json(evaluation: Evaluation, warnings: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The evaluation resource; `warnings` come from api.services.evaluations.warnings_by_id."""
     error = None
     if evaluation.error_type:
         error = {"type": evaluation.error_type, "detail": evaluation.error_detail}
@@ -66,6 +68,8 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
         "finished_at": iso(evaluation.finished_at),
         "error": error,
         "request": evaluation.request,
+        "sweep_key": evaluation.sweep_key,
         "tags": evaluation.tags,
         "summary": evaluation.summary if evaluation.status == "succeeded" else None,
+        "warnings": warnings or [],
     }

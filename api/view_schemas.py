@@ -36,7 +36,7 @@ class SampleQuery(Strict):
 class LeaderboardQuery(Strict):
     """GET /v1/leaderboard: one ranking per sweep of the dataset, or only the sweep `sweep_key`."""
 
-    dataset_id: str = Field(min_length=1, max_length=64)
+    dataset_id: str = Field(min_length=1, max_length=200, description="a dataset's id, or its name")
     metric: SummaryMetric = "consistency"
     sweep_key: str | None = Field(default=None, min_length=1, max_length=64)
 
@@ -45,6 +45,7 @@ class LeaderboardEntry(BaseModel):
     rank: int | None  # null when the evaluation has no value for the metric (flip_rate of a list)
     model_id: str
     model_name: str
+    model_version: int
     evaluation_id: str
     value: float | None
     summary: Summary

@@ -92,10 +92,13 @@ class Dataset(Base):
 
 class Model(Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version", name="uq_models_tenant_name_version"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    # New bytes (or input) under a name make the next version; the name alone means its latest ready one.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     format: Mapped[str] = mapped_column(String(20))
     task: Mapped[str] = mapped_column(String(20), default="classification")
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))

@@ -7,6 +7,7 @@ import os
 import sys
 
 from shiftscore.eval_command import add_eval_parser, join_signed_values, run_eval
+from shiftscore.report_command import add_report_parser, run_report
 from shiftscore.settings import SettingsError, get_settings
 from shiftscore.token_command import add_token_parser, run_token
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_token_parser(commands)
     add_eval_parser(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         # The client side: it needs no server settings.
         return run_eval(args)
+    if args.command == "report":
+        return run_report(args)
 
     for name in ("port", "host"):
         value = getattr(args, name, None)

@@ -217,10 +217,12 @@ class Client:
         return model
 
     def get_model(self, model_id: str) -> Json:
+        """A model by id, or by name: its latest ready version."""
         return self._json("GET", f"/v1/models/{model_id}")
 
-    def list_models(self) -> list[Json]:
-        return list(self._pages("/v1/models", {"limit": 200}))
+    def list_models(self, name: str | None = None) -> list[Json]:
+        """Every model, newest first; with `name`, every version of that name."""
+        return list(self._pages("/v1/models", {"limit": 200, "name": name}))
 
     def delete_model(self, model_id: str) -> None:
         self._request("DELETE", f"/v1/models/{model_id}")
@@ -238,10 +240,11 @@ class Client:
                               files={"file": (path.name, handle)})
 
     def get_dataset(self, dataset_id: str) -> Json:
+        """A dataset by id, or by name."""
         return self._json("GET", f"/v1/datasets/{dataset_id}")
 
-    def list_datasets(self) -> list[Json]:
-        return list(self._pages("/v1/datasets", {"limit": 200}))
+    def list_datasets(self, name: str | None = None) -> list[Json]:
+        return list(self._pages("/v1/datasets", {"limit": 200, "name": name}))
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
@@ -273,9 +276,37 @@ class Client:
         return self._json("GET", f"/v1/evaluations/{evaluation_id}")
 
     def list_evaluations(self, *, status: str | None = None, model_id: str | None = None,
-                         dataset_id: str | None = None, tag: str | None = None) -> list[Json]:
-        return list(self._pages("/v1/evaluations", {"status": status, "model_id": model_id,
-                                                    "dataset_id": dataset_id, "tag": tag, "limit": 200}))
+                         model_name: str | None = None, dataset_id: str | None = None,
+                         sweep_key: str | None = None, tag: str | None = None) -> list[Json]:
+        """Evaluations newest first; `model_name` takes every version of that name."""
+        return list(self._pages("/v1/evaluations", {
+            "status": status, "model_id": model_id, "model_name": model_name, "dataset_id": dataset_id,
+            "sweep_key": sweep_key, "tag": tag, "limit": 200}))
+
+    def find_baseline(self, ref: str, evaluation: Mapping[str, Any]) -> Json:
+        """The evaluation to compare `evaluation` with: the evaluation `ref`, or the newest succeeded
+        evaluation of the model named `ref` (any version) on the same dataset and sweep, other than
+        `evaluation` itself. Raises NotFound, or Conflict when `ref` does not compare."""
+        try:
+            baseline = self.get_evaluation(ref)
+        except NotFound:
+            page = self._json("GET", "/v1/evaluations", params={
+                "model_name": ref, "status": "succeeded", "sweep_key": evaluation["sweep_key"], "limit": 2})
+            found = [item for item in page["items"] if item["id"] != evaluation["id"]]
+            if not found:
+                raise NotFound({"title": "No baseline", "detail": (
+                    f"'{ref}' is neither an evaluation id nor a model name with a succeeded evaluation on this "
+                    "dataset and sweep (besides this one); evaluate the baseline model with the same flags "
+                    "first, or give an evaluation id")}) from None
+            return found[0]
+        if baseline["status"] != "succeeded":
+            raise Conflict({"title": "Baseline not succeeded",
+                            "detail": f"the baseline evaluation {ref} is {baseline['status']}; give a succeeded one"})
+        if baseline["sweep_key"] != evaluation["sweep_key"]:
+            raise Conflict({"title": "Baseline does not compare", "detail": (
+                f"the baseline evaluation {ref} swept another dataset or another sweep (grid, padding, fill, "
+                "samples); compare with an evaluation of the same dataset and sweep")})
+        return baseline
 
     def cancel(self, evaluation_id: str) -> Json:
         return self._json("POST", f"/v1/evaluations/{evaluation_id}/cancel")
@@ -306,6 +337,10 @@ class Client:
 
     def shifts_csv(self, evaluation_id: str) -> str:
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/shifts", params={"format": "csv"}).text
+
+    def report_html(self, evaluation_id: str) -> str:
+        """The succeeded evaluation's report: one self-contained HTML document."""
+        return self._request("GET", f"/v1/evaluations/{evaluation_id}/report.html").text
 
     def classes(self, evaluation_id: str) -> list[Json]:
         """Every per-class row, by label (following the pages)."""

@@ -1,9 +1,10 @@
 """`shiftscore eval`: upload a model, run a sweep, print the summary, gate a pipeline on it.
 
 Exit codes:
-    0  the sweep succeeded and every --min-* threshold was met (or none was given)
-    1  the sweep succeeded but a metric is below its --min-* threshold
-    2  usage: bad flags, a missing file, no URL or token
+    0  the sweep succeeded and every --min-* and --max-drop gate was met (or none was given)
+    1  the sweep succeeded but a metric is below its --min-* threshold, or dropped from the
+       --baseline by more than its --max-drop
+    2  usage: bad flags, a missing file, no URL or token, a --baseline that does not exist or compare
     3  the service refused a request (the problem's detail is printed) or could not be reached
     4  the model is invalid, the sweep failed or was cancelled, or waiting timed out
 """
@@ -14,13 +15,17 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, TextIO
 
+from shiftscore import junit
 from shiftscore.client import (
     Client,
+    Conflict,
     ConnectionFailed,
     EvaluationFailed,
     ModelInvalid,
+    NotFound,
     ShiftScoreError,
     WaitTimeout,
 )
@@ -33,6 +38,9 @@ GATES = (
     ("mean_accuracy", "min_mean_accuracy", "--min-mean-accuracy"),
 )
 METRICS = ("clean_accuracy", "mean_accuracy", "worst_case_accuracy", "consistency", "flip_rate")
+# flip_rate counts changes: it "drops" by rising.
+LOWER_IS_BETTER = {"flip_rate"}
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 INPUT_EXAMPLE = '{"channels": 1, "height": 8, "width": 8, "mean": [0.5], "std": [0.5]}'
@@ -52,21 +60,26 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval", help="upload a model, run a shift sweep, print the summary, gate on thresholds",
         description="Upload a model (or use --model-id), run a shift sweep against SHIFTSCORE_URL and print "
-                    "its summary. Exit codes: 0 ok, 1 a metric below its --min-* threshold, 2 usage, "
+                    "its summary. Exit codes: 0 ok, 1 a metric below its --min-* threshold or dropped from "
+                    "the --baseline by more than its --max-drop, 2 usage, "
                     "3 the service refused or could not be reached, 4 model invalid / sweep failed / timed out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", nargs="?", help="model file to upload (TorchScript .pt, .pt2, ONNX, state dict)")
-    parser.add_argument("--model-id", help="evaluate an already uploaded model instead of uploading one")
+    parser.add_argument("--model-id", help="evaluate an already uploaded model instead of uploading one: its id, "
+                                           "or its name (the latest ready version)")
     parser.add_argument("--input", help=f"the model's input as JSON, e.g. '{INPUT_EXAMPLE}' (needed to upload). "
                                         f"{SCALING}")
     parser.add_argument("--format", default="torchscript", choices=["torchscript", "exported", "state_dict", "onnx"])
-    parser.add_argument("--name", help="model name (default: the file's name)")
+    parser.add_argument("--name", help="model name (default: the file's name without extension); the same name "
+                                       "with the same bytes and input reuses that model, new bytes make its next version")
     parser.add_argument("--task", default="classification", choices=["classification", "segmentation"])
     parser.add_argument("--architecture", help="built-in architecture, for --format state_dict")
     parser.add_argument("--architecture-options", help="the architecture's options as JSON")
-    parser.add_argument("--dataset", default="digits", help="dataset id, or a built-in's name")
+    parser.add_argument("--dataset", default="digits", help="dataset id or name")
     parser.add_argument("--dataset-file", help="upload this NPZ (images, labels) and evaluate on it")
+    parser.add_argument("--dataset-name", help="name of the --dataset-file upload (default: the file's name without "
+                                               "extension); the same name and file again reuse that dataset")
     parser.add_argument("--max-shift", type=float, default=3, help="shift dx and dy from -N to N")
     parser.add_argument("--dx", help="dx range MIN:MAX (--dx -2:2 or --dx=-2:2), overrides --max-shift")
     parser.add_argument("--dy", help="dy range MIN:MAX (--dy -2:2 or --dy=-2:2), overrides --max-shift")
@@ -79,11 +92,18 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tag", action="append", dest="tags", help="tag the evaluation (repeatable)")
     for metric, dest, flag in GATES:
         parser.add_argument(flag, dest=dest, type=float, metavar="X", help=f"exit 1 if {metric} < X")
+    parser.add_argument("--baseline", metavar="EVAL_ID_OR_MODEL_NAME",
+                        help="compare with this evaluation, or with the newest succeeded evaluation of this model "
+                             "name (any version) on the same dataset and sweep; needs --max-drop")
+    parser.add_argument("--max-drop", action="append", default=[], metavar="METRIC=X",
+                        help="exit 1 if METRIC fell more than X below the --baseline (flip_rate: rose more than X); "
+                             "repeatable, e.g. --max-drop consistency=0.02 --max-drop worst_case_accuracy=0.05")
+    parser.add_argument("--junit-xml", metavar="PATH", help="write the gates as JUnit XML, one test case each")
     parser.add_argument("--url", help="service URL (default SHIFTSCORE_URL)")
     parser.add_argument("--token", help="bearer token (default SHIFTSCORE_TOKEN)")
     parser.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, for machines")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr (CI logs)")
 
 
 def join_signed_values(argv: list[str]) -> list[str]:
@@ -145,46 +165,88 @@ def _check_usage(args: argparse.Namespace) -> None:
         value = getattr(args, dest)
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+    max_drops(args)
+    if bool(args.baseline) != bool(args.max_drop):
+        raise UsageError("--baseline and --max-drop go together: --baseline EVAL_ID_OR_MODEL_NAME "
+                         "--max-drop consistency=0.02")
+
+
+def max_drops(args: argparse.Namespace) -> dict[str, float]:
+    """The --max-drop bounds by metric."""
+    bounds: dict[str, float] = {}
+    for raw in args.max_drop:
+        metric, sep, value = raw.partition("=")
+        try:
+            bound = float(value)
+        except ValueError:
+            bound = -1.0
+        if not sep or metric not in METRICS or not 0.0 <= bound <= 1.0:
+            raise UsageError(f"--max-drop needs METRIC=X with METRIC one of {', '.join(METRICS)} and X in "
+                             f"[0, 1], e.g. --max-drop consistency=0.02; got {raw!r}")
+        bounds[metric] = bound
+    return bounds
 
 
 class ProgressBar:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth in a log."""
+    """tqdm's bar on stderr (images done, rate, elapsed, time left); in a log, a line every 10 s."""
 
     def __init__(self, stream: TextIO, enabled: bool) -> None:
         self.stream = stream
         self.enabled = enabled
-        self.tty = stream.isatty()
-        self.last_tenth = -1
+        self.bar: Any = None
 
     def __call__(self, evaluation: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        done, total = evaluation["progress"]["done"], evaluation["progress"]["total"] or 1
-        fraction = min(done / total, 1.0)
-        bar = "#" * int(fraction * 30)
-        line = f"[{bar:<30}] {fraction:6.1%}  {done}/{total} images  {evaluation['status']}"
-        if self.tty:
-            end = "\n" if evaluation["status"] in ("succeeded", "failed", "cancelled") else ""
-            self.stream.write("\r" + line + end)
-        elif int(fraction * 10) > self.last_tenth or evaluation["status"] in ("succeeded", "failed", "cancelled"):
-            self.last_tenth = int(fraction * 10)
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        done, total, status = evaluation["progress"]["done"], evaluation["progress"]["total"], evaluation["status"]
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, unit="img", unit_scale=True, file=self.stream,
+                            desc=f"evaluation {evaluation['id'][:8]}", dynamic_ncols=True,
+                            mininterval=0.2 if self.stream.isatty() else 10.0)
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.set_postfix_str(status, refresh=False)
+        self.bar.update(max(done - self.bar.n, 0))
+        if status in TERMINAL:
+            self.bar.close()
 
 
-def gate(summary: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Each requested threshold with the measured value and whether it was met."""
-    return [
-        {"metric": metric, "flag": flag, "threshold": getattr(args, dest), "value": summary[metric],
-         "passed": summary[metric] >= getattr(args, dest)}
-        for metric, dest, flag in GATES if getattr(args, dest) is not None
-    ]
+def gate(summary: dict[str, Any], args: argparse.Namespace,
+         baseline: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each requested threshold and drop bound with the measured figure, whether it was met and why."""
+    gates = []
+    for metric, dest, flag in GATES:
+        threshold = getattr(args, dest)
+        if threshold is None:
+            continue
+        value = summary.get(metric)
+        passed = value is not None and value >= threshold
+        shown = "none" if value is None else f"{value:.4f}"
+        gates.append({"metric": metric, "flag": flag, "threshold": threshold, "value": value, "passed": passed,
+                      "name": f"{metric} >= {threshold:g}",
+                      "message": f"{metric} {shown} {'meets' if passed else 'is below'} {flag} {threshold:g}"})
+    for metric, bound in (max_drops(args).items() if baseline is not None else ()):
+        value, before = summary.get(metric), (baseline.get("summary") or {}).get(metric)
+        if value is None or before is None:
+            drop, passed = None, False
+            message = f"{metric} cannot be compared: no value in this evaluation or the baseline"
+        else:
+            drop = (value - before) if metric in LOWER_IS_BETTER else (before - value)
+            passed = drop <= bound + 1e-12
+            message = (f"{metric} {value:.4f} vs baseline {before:.4f} (evaluation {baseline['id']}): drop "
+                       f"{drop:.4f} {'within' if passed else 'exceeds'} --max-drop {bound:g}")
+        gates.append({"metric": metric, "flag": "--max-drop", "threshold": bound, "value": value,
+                      "baseline": before, "baseline_id": baseline["id"], "drop": drop, "passed": passed,
+                      "name": f"{metric} drop <= {bound:g} vs baseline", "message": message})
+    return gates
 
 
 def summary_table(evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> str:
     """The summary as an aligned text table, with each threshold and its verdict."""
     summary = evaluation["summary"]
-    by_metric = {g["metric"]: g for g in gates}
+    by_metric = {g["metric"]: g for g in gates if g["flag"] != "--max-drop"}
     lines = [f"evaluation {evaluation['id']}: {summary['num_samples']} samples x {summary['num_shifts']} shifts",
              f"{'metric':<22}{'value':>8}  {'threshold':>9}  result"]
     for metric in METRICS:
@@ -194,6 +256,7 @@ def summary_table(evaluation: dict[str, Any], gates: list[dict[str, Any]]) -> st
         threshold = f">= {rule['threshold']:.4f}" if rule else ""
         verdict = ("ok" if rule["passed"] else "BELOW") if rule else ""
         lines.append(f"{metric:<22}{shown:>8}  {threshold:>9}  {verdict}".rstrip())
+    lines += [f"{g['message']}: {'ok' if g['passed'] else 'EXCEEDED'}" for g in gates if g["flag"] == "--max-drop"]
     return "\n".join(lines)
 
 
@@ -211,12 +274,14 @@ def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
             architecture_options=_json_flag(args.architecture_options, "--architecture-options"),
             wait=True, timeout=args.timeout,
         )
-        _say(args, f"model {model['id']} is ready ({model['num_parameters']} parameters)")
+        _say(args, f"model {model['name']} version {model['version']} ({model['id']}) is ready "
+                   f"({model['num_parameters']} parameters)")
     else:
         model = client.wait_model(args.model_id, timeout=args.timeout)
+    args.model_label = f"{model['name']} v{model['version']}"
     dataset_id = args.dataset
     if args.dataset_file:
-        dataset_id = client.upload_dataset(args.dataset_file)["id"]
+        dataset_id = client.upload_dataset(args.dataset_file, args.dataset_name)["id"]
         _say(args, f"dataset {dataset_id} uploaded")
     evaluation = client.submit(model["id"], dataset_id, shifts=shifts_from(args), padding=args.padding,
                                fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags)
@@ -224,8 +289,14 @@ def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     return client.wait(evaluation["id"], progress=ProgressBar(sys.stderr, not args.quiet), timeout=args.timeout)
 
 
+def _junit_name(args: argparse.Namespace) -> str:
+    return f"{getattr(args, 'model_label', None) or args.model_id or args.model} on {args.dataset_file or args.dataset}"
+
+
 def _fail(args: argparse.Namespace, code: int, message: str, problem: dict[str, Any] | None = None) -> int:
     print(f"shiftscore eval: {message}", file=sys.stderr)
+    if args.junit_xml:
+        junit.write_error(args.junit_xml, _junit_name(args), code, message, time.monotonic() - args.started)
     if args.json:
         print(json.dumps({"passed": False, "exit_code": code, "error": problem or {"detail": message}}))
     return code
@@ -233,6 +304,7 @@ def _fail(args: argparse.Namespace, code: int, message: str, problem: dict[str, 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run `shiftscore eval`; returns the exit code (see the module docstring)."""
+    args.started = time.monotonic()
     try:
         _check_usage(args)
         shifts_from(args)
@@ -250,15 +322,27 @@ def run_eval(args: argparse.Namespace) -> int:
     except ShiftScoreError as exc:
         fields = "".join(f"\n  {e.get('field')}: {e.get('message')}" for e in exc.errors)
         return _fail(args, EXIT_SERVICE, f"{exc}{fields}", exc.problem)
-    gates = gate(evaluation["summary"], args)
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = client.find_baseline(args.baseline, evaluation)
+        except (NotFound, Conflict) as exc:
+            return _fail(args, EXIT_USAGE, f"--baseline {args.baseline}: {exc.detail}", exc.problem)
+        except ShiftScoreError as exc:
+            return _fail(args, EXIT_SERVICE, str(exc), exc.problem)
+    gates = gate(evaluation["summary"], args, baseline)
     passed = all(g["passed"] for g in gates)
     code = EXIT_OK if passed else EXIT_BELOW_THRESHOLD
+    for warning in evaluation.get("warnings") or []:
+        print(f"warning: {warning['detail']}", file=sys.stderr)
+    if args.junit_xml:
+        junit.write_gates(args.junit_xml, _junit_name(args), evaluation, gates, time.monotonic() - args.started)
     if args.json:
         print(json.dumps({"passed": passed, "exit_code": code, "evaluation": evaluation,
-                          "summary": evaluation["summary"], "gates": gates}))
+                          "summary": evaluation["summary"], "gates": gates,
+                          "warnings": evaluation.get("warnings") or []}))
     else:
         print(summary_table(evaluation, gates))
         for failed in (g for g in gates if not g["passed"]):
-            print(f"{failed['metric']} {failed['value']:.4f} is below {failed['flag']} {failed['threshold']}",
-                  file=sys.stderr)
+            print(failed["message"], file=sys.stderr)
     return code

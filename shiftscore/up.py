@@ -79,10 +79,13 @@ def run_up(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     url = f"http://{settings.host}:{settings.port}"
     _wait_healthy(url, processes)
-    print(f"ShiftScore is running at {url}", flush=True)
-    print(f"token: {token}", flush=True)
-    print(f"try: curl -H 'Authorization: Bearer {token}' {url}/v1/datasets", flush=True)
-    print("stop with Ctrl-C", flush=True)
+    print(f"ShiftScore is running at {url}\n"
+          f"token: {token}\n"
+          f"dashboard: {url}/dashboard/ (it asks for the token once per browser tab)\n"
+          "in another shell, paste:\n"
+          f"export SHIFTSCORE_URL={url}\n"
+          f"export SHIFTSCORE_TOKEN={token}\n"
+          "stop with Ctrl-C", flush=True)
     while all(process.poll() is None for process in processes):
         time.sleep(0.5)
     stop()

@@ -13,7 +13,7 @@ from api.openapi import Reply, operation
 from api.errors import BadRequest
 from api.schemas import EvaluationCreate, EvaluationFilter, ExamplesQuery, ResultsPage, ShiftsQuery, parse
 from api.serializers import evaluation_json
-from api.services import evaluations, layers
+from api.services import evaluations, layers, report
 from db.session import session_scope
 
 bp = Blueprint("evaluations", __name__, url_prefix="/v1/evaluations")
@@ -44,15 +44,17 @@ def index():
     query = parse(EvaluationFilter, request.args.to_dict(), "query")
     with session_scope() as session:
         rows, cursor = evaluations.list_evaluations(session, current_tenant(), query)
-        return jsonify(items=[evaluation_json(e) for e in rows], next_cursor=cursor)
+        warnings = evaluations.warnings_by_id(session, rows)
+        return jsonify(items=[evaluation_json(e, warnings[e.id]) for e in rows], next_cursor=cursor)
 
 
 @bp.get("/<evaluation_id>")
-@operation("Get an evaluation: status, progress and summary",
+@operation("Get an evaluation: status, progress, summary, and warnings about its figures",
            responses={200: Reply("the evaluation", responses.Evaluation)})
 def show(evaluation_id: str):
     with session_scope() as session:
-        return jsonify(evaluation_json(evaluations.get_evaluation(session, current_tenant(), evaluation_id)))
+        evaluation = evaluations.get_evaluation(session, current_tenant(), evaluation_id)
+        return jsonify(evaluation_json(evaluation, evaluations.warnings_by_id(session, [evaluation])[evaluation.id]))
 
 
 @bp.get("/<evaluation_id>/shifts")
@@ -111,6 +113,18 @@ def layer_profile(evaluation_id: str):
     with session_scope() as session:
         rows, cursor = layers.layer_profile(session, current_tenant(), evaluation_id, query.limit, query.cursor)
     return jsonify(items=rows, next_cursor=cursor)
+
+
+@bp.get("/<evaluation_id>/report.html")
+@operation("One self-contained HTML report (pictures inline, nothing fetched): summary, heatmap, per class, "
+           "fragile samples as images, the sweep and the model's identity",
+           responses={200: Reply("the report", media_type="text/html"), 409: "not succeeded yet"})
+def html_report(evaluation_id: str):
+    with session_scope() as session:
+        page = report.evaluation_report(session, current_tenant(), evaluation_id)
+    return Response(page, mimetype="text/html", headers={
+        "Content-Disposition": f'inline; filename="shiftscore-{evaluation_id}.html"',
+        "Cache-Control": "private, max-age=300"})
 
 
 @bp.post("/<evaluation_id>/cancel")

@@ -56,9 +56,19 @@ def _stored_copy(session: Session, sha256: str) -> Dataset | None:
     ).scalars().first()
 
 
-def create_dataset(session: Session, tenant_id: str, name: str, path: Path, filename: str) -> Dataset:
-    """Parse and store an uploaded dataset file; the same bytes again reuse the stored arrays."""
+def create_dataset(session: Session, tenant_id: str, name: str, path: Path, filename: str) -> tuple[Dataset, bool]:
+    """Parse and store an uploaded dataset file; the same bytes again reuse the stored arrays, and
+    under the same name return the stored dataset (False)."""
+    if name in BUILTINS:
+        raise Unprocessable(f"'{name}' is the name of a built-in dataset; upload yours under another name",
+                            errors=[{"field": "name", "message": "the name of a built-in dataset"}])
     sha256 = _file_sha256(path)
+    same = session.execute(
+        select(Dataset).where(*_visible(tenant_id), Dataset.tenant_id == tenant_id, Dataset.name == name,
+                              Dataset.sha256 == sha256).limit(1)
+    ).scalars().first()
+    if same is not None:
+        return same, False
     known = _stored_copy(session, sha256)
     if known is not None:
         dataset = Dataset(
@@ -69,12 +79,12 @@ def create_dataset(session: Session, tenant_id: str, name: str, path: Path, file
         )
         session.add(dataset)
         session.flush()
-        return dataset
+        return dataset, True
     try:
         parsed = parse_dataset(path, upload_limits(get_settings().max_decoded_bytes))
     except DatasetError as exc:
         raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
-    return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256)
+    return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256), True
 
 
 def ensure_builtin_datasets(session: Session) -> None:
@@ -97,18 +107,23 @@ def _visible(tenant_id: str):
 
 
 def get_dataset(session: Session, tenant_id: str, ref: str) -> Dataset:
-    """A dataset the tenant can see, by id (or a built-in by name); 404 otherwise."""
+    """A dataset the tenant can see, by id, or by name (a built-in's, else the newest of the tenant's); 404 otherwise."""
     dataset = session.execute(
-        select(Dataset).where(*_visible(tenant_id), or_(Dataset.id == ref,
-                                                         (Dataset.builtin.is_(True)) & (Dataset.name == ref)))
+        select(Dataset).where(*_visible(tenant_id), Dataset.name == ref)
+        .order_by(Dataset.builtin.desc(), Dataset.created_at.desc(), Dataset.id.desc()).limit(1)
     ).scalars().first()
+    by_id = session.execute(select(Dataset).where(*_visible(tenant_id), Dataset.id == ref)).scalars().first()
+    dataset = by_id or dataset
     if dataset is None:
-        raise NotFound(f"no dataset with id '{ref}'")
+        raise NotFound(f"no dataset with id or name '{ref}'; GET /v1/datasets lists yours and the built-ins")
     return dataset
 
 
-def list_datasets(session: Session, tenant_id: str, limit: int, cursor: str | None):
-    return paginate(session, select(Dataset).where(*_visible(tenant_id)), Dataset, limit, cursor)
+def list_datasets(session: Session, tenant_id: str, limit: int, cursor: str | None, name: str | None = None):
+    stmt = select(Dataset).where(*_visible(tenant_id))
+    if name is not None:
+        stmt = stmt.where(Dataset.name == name)
+    return paginate(session, stmt, Dataset, limit, cursor)
 
 
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> None:

@@ -145,12 +145,52 @@ def list_evaluations(session: Session, tenant_id: str, query: EvaluationFilter):
     if query.status:
         stmt = stmt.where(Evaluation.status == query.status)
     if query.model_id:
-        stmt = stmt.where(Evaluation.model_id == query.model_id)
+        stmt = stmt.where(Evaluation.model_id == _resolved(get_model, session, tenant_id, query.model_id))
+    if query.model_name:
+        versions = select(Model.id).where(Model.tenant_id == tenant_id, Model.name == query.model_name)
+        stmt = stmt.where(Evaluation.model_id.in_(versions))
     if query.dataset_id:
-        stmt = stmt.where(Evaluation.dataset_id == query.dataset_id)
+        stmt = stmt.where(Evaluation.dataset_id == _resolved(get_dataset, session, tenant_id, query.dataset_id))
+    if query.sweep_key:
+        stmt = stmt.where(Evaluation.sweep_key == query.sweep_key)
     if query.tag:
         stmt = stmt.where(Evaluation.id.in_(select(EvaluationTag.evaluation_id).where(EvaluationTag.tag == query.tag)))
     return paginate(session, stmt, Evaluation, query.limit, query.cursor)
+
+
+# Clean accuracy at or below this multiple of chance (1 / classes) means the inputs are likely wrong.
+NEAR_CHANCE = 1.5
+
+
+def near_chance_warning(summary: dict[str, Any] | None, num_classes: int) -> list[dict[str, str]]:
+    """The `warnings` of an evaluation with this summary on a dataset of `num_classes` classes."""
+    clean = (summary or {}).get("clean_accuracy")
+    if clean is None or num_classes < 2 or clean > NEAR_CHANCE / num_classes:
+        return []
+    return [{"code": "clean_accuracy_near_chance", "detail": (
+        f"clean accuracy {clean:.4f} is near chance for {num_classes} classes (1/{num_classes} = "
+        f"{1 / num_classes:.4f}): the model is probably not seeing its inputs as it was trained to. Check that "
+        "the model's mean and std are on the [0, 1] scale (pixels are divided by 255 before (x - mean) / std), "
+        "that the channel order matches training (RGB vs BGR), that the images are preprocessed as in "
+        "training, and that the dataset's labels mean what the model's outputs mean")}]
+
+
+def warnings_by_id(session: Session, evaluations: list[Evaluation]) -> dict[str, list[dict[str, str]]]:
+    """Each evaluation's warnings, derived at read time from its stored summary and its dataset."""
+    finished = [e for e in evaluations if e.status == "succeeded" and e.summary]
+    classes = dict(session.execute(
+        select(Dataset.id, Dataset.num_classes).where(Dataset.id.in_({e.dataset_id for e in finished}))
+    ).all()) if finished else {}
+    return {e.id: near_chance_warning(e.summary, classes.get(e.dataset_id, 0)) if e in finished else []
+            for e in evaluations}
+
+
+def _resolved(get, session: Session, tenant_id: str, ref: str) -> str:
+    """The id a filter's id-or-name means; an unknown one filters to nothing, as an unknown id always did."""
+    try:
+        return get(session, tenant_id, ref).id
+    except NotFound:
+        return ref
 
 
 def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:
@@ -159,6 +199,11 @@ def _succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluati
         raise Conflict(f"evaluation '{evaluation_id}' is {evaluation.status}; results exist once it "
                        "has succeeded")
     return evaluation
+
+
+def get_succeeded(session: Session, tenant_id: str, evaluation_id: str) -> Evaluation:
+    """The evaluation, or a 409 while it has not succeeded."""
+    return _succeeded(session, tenant_id, evaluation_id)
 
 
 Page = tuple[list[dict[str, Any]], str | None]

@@ -30,6 +30,7 @@ class Finished:
     request: dict[str, Any]
     summary: dict[str, Any]
     finished_at: datetime
+    model_version: int = 1
 
 
 def _entry(item: Finished, metric: str, rank: int | None) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def _entry(item: Finished, metric: str, rank: int | None) -> dict[str, Any]:
         "rank": rank,
         "model_id": item.model_id,
         "model_name": item.model_name,
+        "model_version": item.model_version,
         "evaluation_id": item.evaluation_id,
         "value": item.summary.get(metric),
         "summary": item.summary,
@@ -82,7 +84,7 @@ def leaderboard(session: Session, tenant_id: str, query: LeaderboardQuery) -> di
     """The tenant's leaderboard for a dataset (its id, or a built-in's name)."""
     dataset = get_dataset(session, tenant_id, query.dataset_id)
     stmt = (
-        select(Evaluation, Model.name)
+        select(Evaluation, Model.name, Model.version)
         .join(Model, Model.id == Evaluation.model_id)
         .where(Evaluation.tenant_id == tenant_id, Evaluation.dataset_id == dataset.id,
                Evaluation.status == "succeeded", Model.deleted_at.is_(None))
@@ -91,8 +93,8 @@ def leaderboard(session: Session, tenant_id: str, query: LeaderboardQuery) -> di
         stmt = stmt.where(Evaluation.sweep_key == query.sweep_key)
     finished = [
         Finished(evaluation.id, evaluation.model_id, name, evaluation.sweep_key, evaluation.request,
-                 evaluation.summary or {}, evaluation.finished_at)
-        for evaluation, name in session.execute(stmt)
+                 evaluation.summary or {}, evaluation.finished_at, version)
+        for evaluation, name, version in session.execute(stmt)
     ]
     return {
         "dataset_id": dataset.id,

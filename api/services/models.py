@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound, Unprocessable
+from api.errors import Conflict, NotFound, Unprocessable
 from api.pagination import paginate
 from api.schemas import ModelUpload
 from db.blobs import put_blob
@@ -20,8 +21,27 @@ from worker.architecture_catalog import ArchitectureError, validate_options
 log = logging.getLogger(__name__)
 
 
-def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Path) -> Model:
-    """Store the model file and its declared input; a worker validates it next."""
+def _same_upload(session: Session, tenant_id: str, fields: dict) -> Model | None:
+    """The stored version of this name with these bytes, input, format and architecture, if any."""
+    candidates = session.execute(
+        select(Model).where(Model.tenant_id == tenant_id, Model.name == fields["name"],
+                            Model.sha256 == fields["sha256"], Model.deleted_at.is_(None))
+        .order_by(Model.version.desc())
+    ).scalars()
+    return next((m for m in candidates if all(getattr(m, key) == value for key, value in fields.items())), None)
+
+
+def _next_version(session: Session, tenant_id: str, name: str) -> int:
+    # Deleted versions keep their numbers: a version number always means the same bytes.
+    latest = session.execute(
+        select(func.max(Model.version)).where(Model.tenant_id == tenant_id, Model.name == name)
+    ).scalar_one()
+    return (latest or 0) + 1
+
+
+def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Path) -> tuple[Model, bool]:
+    """Store the model file and its declared input as the name's next version (a worker validates it
+    next), or return the stored version with the same bytes and input; True when it is new."""
     try:
         input_spec = upload.input.normalized()
     except ValueError as exc:
@@ -36,33 +56,53 @@ def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Pa
             raise Unprocessable(str(exc)) from None
     elif upload.architecture:
         raise Unprocessable(f"'architecture' only applies to format 'state_dict', not '{upload.format}'")
-    model = Model(
-        tenant_id=tenant_id,
-        name=upload.name,
-        format=upload.format,
-        task=upload.task,
-        sha256=put_blob(session, path.read_bytes()),
-        architecture=upload.architecture if upload.format == "state_dict" else None,
-        architecture_options=options,
-        input_spec=input_spec,
-        status="validating",
-    )
-    session.add(model)
-    session.flush()
-    return model
+    fields = {
+        "name": upload.name,
+        "format": upload.format,
+        "task": upload.task,
+        "sha256": put_blob(session, path.read_bytes()),
+        "architecture": upload.architecture if upload.format == "state_dict" else None,
+        "architecture_options": options,
+        "input_spec": input_spec,
+    }
+    for _ in range(5):
+        existing = _same_upload(session, tenant_id, fields)
+        if existing is not None:
+            return existing, False
+        model = Model(tenant_id=tenant_id, version=_next_version(session, tenant_id, upload.name),
+                      status="validating", **fields)
+        try:
+            # A savepoint: a concurrent upload of the same name that took this version number
+            # undoes only the model row, and the loop takes the next number (or its model).
+            with session.begin_nested():
+                session.add(model)
+            return model, True
+        except IntegrityError:
+            continue
+    raise Conflict(f"model '{upload.name}' is being uploaded concurrently; send the upload again")
 
 
-def get_model(session: Session, tenant_id: str, model_id: str) -> Model:
-    model = session.execute(
-        select(Model).where(Model.id == model_id, Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
-    ).scalar_one_or_none()
+def _visible(tenant_id: str):
+    return Model.tenant_id == tenant_id, Model.deleted_at.is_(None)
+
+
+def get_model(session: Session, tenant_id: str, ref: str) -> Model:
+    """A model by id, or by name: its latest ready version (the latest version while none is ready)."""
+    model = session.execute(select(Model).where(*_visible(tenant_id), Model.id == ref)).scalar_one_or_none()
     if model is None:
-        raise NotFound(f"no model with id '{model_id}'")
+        model = session.execute(
+            select(Model).where(*_visible(tenant_id), Model.name == ref)
+            .order_by((Model.status == "ready").desc(), Model.version.desc()).limit(1)
+        ).scalars().first()
+    if model is None:
+        raise NotFound(f"no model with id or name '{ref}'; GET /v1/models lists your models")
     return model
 
 
-def list_models(session: Session, tenant_id: str, limit: int, cursor: str | None):
-    stmt = select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
+def list_models(session: Session, tenant_id: str, limit: int, cursor: str | None, name: str | None = None):
+    stmt = select(Model).where(*_visible(tenant_id))
+    if name is not None:
+        stmt = stmt.where(Model.name == name)
     return paginate(session, stmt, Model, limit, cursor)
 
 
@@ -70,12 +110,15 @@ def delete_model(session: Session, tenant_id: str, model_id: str) -> None:
     get_model(session, tenant_id, model_id).deleted_at = utcnow()
 
 
-def upload_model(tenant_id: str, upload: ModelUpload, path: Path) -> Model:
-    """Commit the model row, then queue its validation on a worker."""
+def upload_model(tenant_id: str, upload: ModelUpload, path: Path) -> tuple[Model, bool]:
+    """Commit the model row, then queue its validation on a worker; the same upload again returns
+    the stored model (False) without validating it again."""
     with session_scope() as session:
-        model = create_model(session, tenant_id, upload, path)
+        model, created = create_model(session, tenant_id, upload, path)
+    if not created:
+        return model, False
     try:
         enqueue_model_validation(model.id)
     except Exception:  # noqa: BLE001 — the row is committed; validation is retried on resubmit
         log.exception("could not enqueue validation of model %s", model.id)
-    return model
+    return model, True

@@ -63,7 +63,8 @@ function progressBar(progress, status) {
 async function lookup(path) {
   const names = new Map();
   const body = await api(path);
-  for (const item of body.items) names.set(item.id, item.name);
+  // Models carry a version: "name v2" tells two uploads under one name apart.
+  for (const item of body.items) names.set(item.id, item.version ? `${item.name} v${item.version}` : item.name);
   return names;
 }
 
@@ -129,6 +130,10 @@ async function evaluationPage() {
     const error = document.getElementById("evaluation-error");
     error.hidden = !e.error;
     if (e.error) error.textContent = `${e.error.type}: ${e.error.detail}`;
+    const warnings = document.getElementById("evaluation-warnings");
+    warnings.hidden = !(e.warnings && e.warnings.length);
+    warnings.replaceChildren(...(e.warnings || []).map((w) =>
+      el("p", { "data-code": w.code }, el("strong", { text: "Warning: " }), w.detail)));
     if (e.status === "succeeded" && !shown) {
       shown = true;
       await showResults(e, models);
@@ -246,7 +251,7 @@ function sweepTable(board, sweep) {
         .map((h) => el("th", { class: numeric.has(h) ? "num" : "", text: h })))),
       el("tbody", {}, ...sweep.items.map((item) => el("tr", { "data-model": item.model_name },
         el("td", { class: "rank", text: item.rank ?? "–" }),
-        el("td", { text: item.model_name }),
+        el("td", { text: `${item.model_name} v${item.model_version}` }),
         el("td", { class: "num strong", text: pct(item.value) }),
         ...others.map(([key]) => el("td", { class: "num", "data-metric": key, text: pct(item.summary[key]) })),
         el("td", {}, el("a", { href: `/dashboard/evaluations/${item.evaluation_id}`, class: "mono", text: short(item.evaluation_id) })),

@@ -233,7 +233,7 @@ def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
     loaded = "return [...document.querySelectorAll('#results img:not([hidden])')].every(i => i.complete && i.naturalWidth > 0)"
     wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#examples figure img[src^='blob:']")
              and d.find_element(By.ID, "heatmap").get_attribute("src").startswith("blob:") and d.execute_script(loaded))
-    assert driver.find_element(By.ID, "evaluation-title").text == "digits-cnn on digits"
+    assert driver.find_element(By.ID, "evaluation-title").text == "digits-cnn v1 on digits"
     summary = driver.find_element(By.ID, "summary").text
     assert f"{cnn['summary']['consistency'] * 100:.1f}%" in summary
     assert f"{cnn['summary']['worst_case_accuracy'] * 100:.1f}%" in summary

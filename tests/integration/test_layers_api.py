@@ -183,6 +183,8 @@ def test_segmentation_sweep_with_a_layer_profile(alice, tmp_path):
     assert 0 <= summary["clean_miou"] <= 1
     csv_text = alice.get(f"/v1/evaluations/{done['id']}/shifts?format=csv").text
     assert csv_text.splitlines()[0].startswith("dx,dy,accuracy,agreement,correct,n,pixel_agreement")
+    report = alice.get(f"/v1/evaluations/{done['id']}/report.html")  # a segmentation report: heatmap, no classes
+    assert report.status_code == 200 and report.text.count("data:image/png;base64,") == 1 and model["id"] in report.text
     layers = alice.get(f"/v1/evaluations/{done['id']}/layers").json()["items"]
     assert [layer["name"] for layer in layers] == ["conv1", "pool", "output"]
     assert [layer["factor"] for layer in layers] == [1, 2, 1]

@@ -1,0 +1,68 @@
+"""An evaluation's report: one self-contained HTML page (pictures inline, nothing fetched) a person can forward."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from flask import render_template
+from sqlalchemy.orm import Session
+
+from api import pictures
+from api.serializers import dataset_json, iso, model_json
+from api.services import pictures as picture_service
+from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
+from api.services.layers import is_segmentation
+from api.view_schemas import HeatmapQuery
+from db.blobs import blob_path
+from db.models import Dataset, Model
+from shiftscore.settings import get_settings
+
+# Fragile samples shown as pictures; each is a few hundred bytes for small images.
+REPORT_EXAMPLES = 24
+SAMPLE_SCALE = 8
+METRICS = (("clean_accuracy", "Clean accuracy"), ("mean_accuracy", "Mean accuracy"),
+           ("worst_case_accuracy", "Worst-case accuracy"), ("consistency", "Consistency"),
+           ("flip_rate", "Flip rate"))
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _samples(session: Session, dataset: Dataset | None, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if dataset is None or not examples:
+        return examples
+    images = np.load(blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache"), mmap_mode="r")
+    scale = max(1, min(SAMPLE_SCALE, 128 // max(dataset.height, dataset.width, 1)))
+    return [{**example, "picture": data_uri(pictures.sample_png(np.asarray(images[example["index"]]), scale))}
+            for example in examples]
+
+
+def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> str:
+    """The report of a succeeded evaluation as one HTML document."""
+    evaluation = get_succeeded(session, tenant_id, evaluation_id)
+    model, dataset = session.get(Model, evaluation.model_id), session.get(Dataset, evaluation.dataset_id)
+    model_name = f"{model.name} v{model.version}" if model else evaluation.model_id
+    dataset_name = dataset.name if dataset else evaluation.dataset_id
+    segmentation = is_segmentation(evaluation)
+    # The same picture as GET …/heatmap.png?metric=both (accuracy alone for segmentation).
+    heatmap = picture_service.heatmap(session, tenant_id, evaluation_id,
+                                      HeatmapQuery(metric="accuracy" if segmentation else "both"))
+    summary = evaluation.summary or {}
+    return render_template(
+        "report/evaluation.html",
+        evaluation=evaluation, created=iso(evaluation.created_at), finished=iso(evaluation.finished_at),
+        model=model_json(model) if model else None, dataset=dataset_json(dataset) if dataset else None,
+        model_name=model_name, dataset_name=dataset_name,
+        metrics=[(label, summary.get(key)) for key, label in METRICS],
+        summary=summary, warnings=warnings_by_id(session, [evaluation])[evaluation.id],
+        sweep={key: evaluation.request.get(key) for key in ("shifts", "padding", "fill", "max_samples", "seed")},
+        heatmap=data_uri(heatmap),
+        classes=[] if segmentation else class_results(session, tenant_id, evaluation_id),
+        examples=[] if segmentation else _samples(session, dataset, example_results(
+            session, tenant_id, evaluation_id, REPORT_EXAMPLES)),
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    )

@@ -1,0 +1,116 @@
+"""The evaluation report: one self-contained HTML file from the API and from `shiftscore report`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.models import DIGITS_INPUT
+from tests.stack import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+class Links(HTMLParser):
+    """Every URL-valued attribute of the page, and the images with their attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.images: list[dict[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        values = dict(attrs)
+        self.urls += [value or "" for name, value in attrs if name in ("src", "href", "action", "srcset", "data")]
+        if tag == "img":
+            self.images.append(values)
+
+
+@pytest.fixture(scope="module")
+def rosa(pg_stack):
+    return pg_stack.session("report-rosa")
+
+
+@pytest.fixture(scope="module")
+def done(rosa, digits_model_file) -> dict:
+    model = rosa.wait_model(rosa.upload_model(digits_model_file, DIGITS_INPUT, name="report-cnn")["id"])
+    evaluation = rosa.post("/v1/evaluations", json={
+        "model_id": "report-cnn", "dataset_id": "digits", "shifts": {"dx": [-2, 2], "dy": [-1, 1]},
+        "max_samples": 300, "seed": 5, "tags": ["release-7"]}).json()
+    finished = rosa.wait_evaluation(evaluation["id"])
+    assert finished["status"] == "succeeded", finished
+    return {"model": model, "evaluation": finished}
+
+
+def png_pixels(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_report_is_self_contained_and_holds_the_figures(rosa, done):
+    evaluation, model = done["evaluation"], done["model"]
+    response = rosa.get(f"/v1/evaluations/{evaluation['id']}/report.html")
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    page = response.text
+    links = Links()
+    links.feed(page)
+    assert links.urls and all(url.startswith("data:") for url in links.urls), links.urls
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert not re.search(r"https?:|//[a-z]|url\(|@import", text, re.I)  # nothing for a browser to fetch
+
+    heatmap = next(img for img in links.images if img.get("id") == "heatmap")
+    both = rosa.get(f"/v1/evaluations/{evaluation['id']}/heatmap.png?metric=both")
+    assert np.array_equal(png_pixels(heatmap["src"]), np.asarray(Image.open(io.BytesIO(both.content)).convert("RGB")))
+    for value in evaluation["summary"].values():
+        if isinstance(value, float):
+            assert f"{value:.4f}" in page
+    assert model["sha256"] in page and model["id"] in page and "release-7" in page
+    assert re.search(r"<th>Version</th><td>1</td>", page)
+
+    classes = rosa.get(f"/v1/evaluations/{evaluation['id']}/classes").json()["items"]
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=\"num\">(\d+)</td><td class=\"num\">([\d.]+)</td>", page)
+    assert [(int(label), int(n), float(clean)) for label, n, clean in rows] == \
+        [(c["label"], c["n"], round(c["clean_accuracy"], 4)) for c in classes]
+
+    examples = rosa.get(f"/v1/evaluations/{evaluation['id']}/examples", params={"limit": 24}).json()["items"]
+    pictures = [img for img in links.images if img.get("alt", "").startswith("sample ")]
+    assert [img["alt"] for img in pictures] == [f"sample {e['index']}" for e in examples] and examples
+    first = rosa.get(f"/v1/datasets/digits/samples/{examples[0]['index']}.png", params={"scale": 8})
+    assert np.array_equal(png_pixels(pictures[0]["src"]), np.asarray(Image.open(io.BytesIO(first.content)).convert("RGB")))
+
+
+def test_shiftscore_report_saves_the_same_page(pg_stack, rosa, done, tmp_path):
+    env = {**pg_stack.env, "SHIFTSCORE_URL": pg_stack.url,
+           "SHIFTSCORE_TOKEN": rosa.headers["Authorization"].removeprefix("Bearer ")}
+    out = tmp_path / "report.html"
+    run = subprocess.run([sys.executable, "-m", "shiftscore.cli", "report", done["evaluation"]["id"], "-o", str(out)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)
+    page = out.read_text()
+    api_page = rosa.get(f"/v1/evaluations/{done['evaluation']['id']}/report.html").text
+    strip = re.compile(r"report generated \S+")
+    assert strip.sub("", page) == strip.sub("", api_page)
+
+    missing = subprocess.run([sys.executable, "-m", "shiftscore.cli", "report", "no-such-evaluation"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 3 and "no evaluation with id 'no-such-evaluation'" in missing.stderr
+
+
+def test_a_report_before_success_is_a_409_problem(rosa, done):
+    queued = rosa.post("/v1/evaluations", json={"model_id": "report-cnn", "dataset_id": "digits",
+                                               "shifts": {"dx": [-3, 3], "dy": [-3, 3]}}).json()
+    response = rosa.get(f"/v1/evaluations/{queued['id']}/report.html")
+    rosa.post(f"/v1/evaluations/{queued['id']}/cancel")
+    if response.status_code == 200:
+        pytest.skip("the sweep finished before the report was asked for")
+    assert response.status_code == 409 and response.headers["Content-Type"] == "application/problem+json"
+    assert "results exist once it has succeeded" in response.json()["detail"]
