@@ -15,7 +15,7 @@ from worker.architectures import make_pool
 from worker.engine.equivariance import comparable_offset, compared_pair, downsampling_factor, squared_sums
 from worker.engine.grid import build_grid
 from worker.engine.segmentation import run_segmentation_sweep, segmentation_rows, segmentation_summary
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.plan import SweepError, SweepPlan
 
 
 def reference_equivariance(ref: np.ndarray, got: np.ndarray, a: int, b: int, circular: bool):

@@ -12,7 +12,7 @@ from tests.reference import reference_shift
 from worker import architectures
 from worker.engine.grid import build_grid
 from worker.engine.layers import GraphTap, HookTap, default_layers, profile_rows, run_layer_profile
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.plan import SweepError, SweepPlan
 
 
 def build(name: str, **options) -> torch.nn.Module:

@@ -26,7 +26,7 @@ from worker.engine.equivariance import (
     squared_sums,
 )
 from worker.engine.shifting import canvas_margin, make_canvas, normalize, to_float
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.plan import SweepError, SweepPlan
 
 OUTPUT = "output"
 MAX_LAYERS = 100

@@ -25,7 +25,7 @@ import torch
 
 from worker.engine.equivariance import channel_tensor, comparable_offset, compared_pair, relative_error, squared_sums
 from worker.engine.shifting import canvas_margin, make_canvas, normalize, to_float
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.plan import SweepError, SweepPlan
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 _NO_CLASS = -1.0

@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from worker.engine.grid import Grid
+from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.shifting import (
     Canvas,
     canvas_margin,
@@ -27,40 +27,6 @@ from worker.engine.shifting import (
 from worker.engine.tally import Tally
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
-
-
-class SweepError(Exception):
-    """The model cannot be swept as asked; the message is for the user."""
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """What to sweep: the grid, how to fill, how to normalize, and the model's input size."""
-
-    grid: Grid
-    padding: str
-    fill: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_hw: tuple[int, int]
-
-    @property
-    def evaluated_shifts(self) -> list[tuple[float, float]]:
-        """The grid's shifts, then the reference (0, 0) when the grid lacks it."""
-        shifts = list(self.grid.shifts)
-        if (0.0, 0.0) not in self.grid.shifts:
-            shifts.append((0.0, 0.0))
-        return shifts
-
-    def images_per_sample(self) -> int:
-        return len(self.evaluated_shifts)
-
-
-def sample_indices(num_samples: int, max_samples: int | None, seed: int) -> np.ndarray:
-    """All samples, or SPEC §1's seeded subset sorted(default_rng(seed).permutation(N)[:m])."""
-    if max_samples is None or max_samples >= num_samples:
-        return np.arange(num_samples)
-    return np.sort(np.random.default_rng(seed).permutation(num_samples)[:max_samples])
 
 
 def _check_logits(logits: torch.Tensor, batch_rows: int, num_labels: int) -> None:
