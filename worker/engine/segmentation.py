@@ -70,7 +70,7 @@ class SegmentationTally:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "num_shifts": self.num_shifts, "num_classes": self.num_classes, "n": self.n,
-            "factor": self.factor, "clean": self.clean,
+            "factor": self.factor, "clean": _copied(self.clean),
         }
         out.update({name: getattr(self, name).tolist() for name in self._ARRAYS})
         return out
@@ -93,7 +93,12 @@ class SegmentationTally:
             name: np.asarray(data[name], dtype=np.float64 if name in floats else np.int64)
             for name in cls._ARRAYS
         }
-        return cls(data["num_shifts"], data["num_classes"], data["n"], data["factor"], data["clean"], **arrays)
+        return cls(data["num_shifts"], data["num_classes"], data["n"], data["factor"], _copied(data["clean"]), **arrays)
+
+
+def _copied(clean: dict[str, Any]) -> dict[str, Any]:
+    """The clean counts with lists of their own: a checkpoint must not change as the sweep goes on."""
+    return {key: list(value) if isinstance(value, list) else value for key, value in clean.items()}
 
 
 def _class_counts(predicted: torch.Tensor, truth: torch.Tensor, k: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
