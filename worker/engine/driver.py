@@ -147,8 +147,8 @@ def drive(
     prefetch: bool | None,
     on_progress: Callable[[int], None] | None,
     on_chunk: Callable[[Any, int], None] | None,
-) -> None:
-    """Run `indices[start:]` through `forward` into `accumulator`.
+) -> Any:
+    """Run `indices[start:]` through `forward` into `accumulator`; return its tally.
 
     `on_progress(images_done)` runs after every forward batch and may raise to stop
     the sweep; `on_chunk(tally, next_start)` runs after every chunk of samples, so a
@@ -175,3 +175,6 @@ def drive(
             accumulator.end(views)
             if on_chunk is not None:
                 on_chunk(accumulator.tally, views.stop)
+    if accumulator.tally is None:  # a task that sizes its tally from the model's output saw none
+        raise SweepError("no samples were evaluated")
+    return accumulator.tally

@@ -332,13 +332,10 @@ def run_layer_profile(
     """
     indices = np.asarray(indices, dtype=np.int64)
     sums = LayerSums(model, plan, layers, tally)
-    drive(
+    return drive(
         sums.forward, sums, images, indices, plan, reference_alone=True, batch_size=batch_size,
         device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
     )
-    if sums.tally is None:
-        raise SweepError("no samples were evaluated")
-    return sums.tally
 
 
 def _accumulate(

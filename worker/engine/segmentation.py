@@ -203,13 +203,10 @@ def run_segmentation_sweep(
     """Sweep `indices[start:]` into `tally` and return it; the options as in worker.engine.driver.drive."""
     indices = np.asarray(indices, dtype=np.int64)
     counts = SegmentationCounts(plan, masks, indices, tally)
-    drive(
+    return drive(
         predict, counts, images, indices, plan, reference_alone=True, batch_size=batch_size,
         device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
     )
-    if counts.tally is None:
-        raise SweepError("no samples were evaluated")
-    return counts.tally
 
 
 def _accumulate(

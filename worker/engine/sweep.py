@@ -93,8 +93,7 @@ def run_sweep(
     """Sweep `indices[start:]` into `tally` and return it; the options as in worker.engine.driver.drive."""
     indices = np.asarray(indices, dtype=np.int64)
     predictions = Predictions(plan, labels, indices, tally)
-    drive(
+    return drive(
         predict, predictions, images, indices, plan, reference_alone=False, batch_size=batch_size,
         device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
     )
-    return predictions.tally
