@@ -293,6 +293,7 @@ class LayerSums:
         if self.reference is None:
             self._take_reference(features)
         circular = self.plan.padding == "circular"
+        # The reference batch stands for the grid's own (0, 0), when the grid has one.
         for position, shift in enumerate(shifts):
             if shift in self.grid_index:
                 part = [views.part(f, position) for f in features]

@@ -162,6 +162,7 @@ class SegmentationCounts:
         if self.reference is None:
             self._count_reference(output, factor)
         circular = self.plan.padding == "circular"
+        # The reference batch stands for the grid's own (0, 0), when the grid has one.
         for position, shift in enumerate(shifts):
             if shift in self.grid_index:
                 part = views.part(output, position)
