@@ -145,7 +145,9 @@ def _upsample(classes: torch.Tensor, factor: int) -> torch.Tensor:
 class SegmentationCounts:
     """A segmentation sweep's accumulator: each shift's classes against the masks and the reference."""
 
-    def __init__(self, plan: SweepPlan, masks: np.ndarray, indices: np.ndarray, tally: SegmentationTally | None) -> None:
+    def __init__(
+        self, plan: SweepPlan, masks: np.ndarray, indices: np.ndarray, tally: SegmentationTally | None
+    ) -> None:
         self.plan, self.masks, self.tally = plan, masks, tally
         self.num_labels = int(masks[indices].max()) + 1 if len(indices) else 1
         self.margin = canvas_margin(plan.grid.max_abs)
@@ -166,7 +168,8 @@ class SegmentationCounts:
         for position, shift in enumerate(shifts):
             if shift in self.grid_index:
                 part = views.part(output, position)
-                _accumulate(self.tally, self.grid_index[shift], shift, self.reference, part, self.mask_canvas, circular)
+                j = self.grid_index[shift]
+                _accumulate(self.tally, j, shift, self.reference, part, self.mask_canvas, circular)
 
     def _count_reference(self, reference: torch.Tensor, factor: int) -> None:
         self.reference = reference
