@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from worker.engine.grid import build_grid
-from worker.engine.sweep import SweepPlan, run_sweep
+from worker.engine.plan import SweepPlan
+from worker.engine.sweep import run_sweep
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 

@@ -22,7 +22,8 @@ from worker import architectures  # noqa: E402
 from worker.engine.grid import build_grid  # noqa: E402
 from worker.engine.layers import profile_rows, run_layer_profile  # noqa: E402
 from worker.engine.metrics import summary  # noqa: E402
-from worker.engine.sweep import SweepPlan, run_sweep  # noqa: E402
+from worker.engine.plan import SweepPlan  # noqa: E402
+from worker.engine.sweep import run_sweep  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 POOLS = ("max", "blur")

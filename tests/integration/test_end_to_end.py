@@ -12,7 +12,7 @@ import torch
 from tests.models import DIGITS_INPUT, circular_invariant_cnn, digits_arrays, save_torchscript
 from tests.reference import reference_metrics, reference_shift
 from worker.engine.grid import build_grid
-from worker.engine.sweep import sample_indices
+from worker.engine.plan import sample_indices
 
 pytestmark = pytest.mark.integration
 

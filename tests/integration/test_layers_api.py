@@ -15,7 +15,7 @@ from worker import architectures
 from worker.engine.grid import build_grid
 from worker.engine.layers import profile_rows, run_layer_profile
 from worker.engine.segmentation import run_segmentation_sweep, segmentation_rows
-from worker.engine.sweep import SweepPlan, sample_indices
+from worker.engine.plan import SweepPlan, sample_indices
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import torch
 from worker.engine.grid import GridError, build_grid, check_grid_fits
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.shifting import make_canvas
-from worker.engine.sweep import SweepError, SweepPlan, run_sweep, sample_indices
+from worker.engine.plan import SweepError, SweepPlan, sample_indices
+from worker.engine.sweep import run_sweep
 from tests.reference import reference_shift, reference_subpixel, reference_sweep
 from worker.engine.tally import Tally
 

@@ -8,7 +8,8 @@ import torch
 
 from tests.reference import reference_shift, reference_subpixel
 from worker.engine.grid import build_grid
-from worker.engine.sweep import SweepError, SweepPlan, run_sweep
+from worker.engine.plan import SweepError, SweepPlan
+from worker.engine.sweep import run_sweep
 
 MODES = ["zeros", "circular", "reflect", "edge"]
 

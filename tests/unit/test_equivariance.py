@@ -14,8 +14,13 @@ from tests.reference import reference_crop, reference_shift
 from worker.architectures import make_pool
 from worker.engine.equivariance import comparable_offset, compared_pair, downsampling_factor, squared_sums
 from worker.engine.grid import build_grid
-from worker.engine.segmentation import run_segmentation_sweep, segmentation_rows, segmentation_summary
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.segmentation import (
+    SegmentationTally,
+    run_segmentation_sweep,
+    segmentation_rows,
+    segmentation_summary,
+)
+from worker.engine.plan import SweepError, SweepPlan
 
 
 def reference_equivariance(ref: np.ndarray, got: np.ndarray, a: int, b: int, circular: bool):
@@ -193,3 +198,20 @@ def test_a_classifier_is_refused_with_a_message(seg_data):
         run_segmentation_sweep(lambda x: torch.zeros(x.shape[0], 3), images, masks, np.arange(6), plan)
     with pytest.raises(SweepError, match="class maps"):
         run_segmentation_sweep(lambda x: torch.zeros(x.shape[0], 2, 12, 12), images, masks, np.arange(6), plan)
+
+
+def test_segmentation_reports_progress_and_resumes_from_a_checkpoint(seg_data):
+    images, masks = seg_data
+    grid = build_grid({"list": [[1, 0], [-2, 1], [0.5, 0]]})
+    plan = SweepPlan(grid, "reflect", 0.0, (0.0,), (1.0,), (12, 12))
+    whole = run_segmentation_sweep(SegNet(), images, masks, np.arange(6), plan, batch_size=4)
+    progress, checkpoints = [], []
+    run_segmentation_sweep(SegNet(), images, masks, np.arange(6), plan, batch_size=4, on_progress=progress.append,
+                           on_chunk=lambda t, nxt: checkpoints.append((t.to_json(), nxt)))
+    # (0, 0) is not in the grid: each sample takes the 3 shifts and the reference
+    assert progress == [4, 8, 12, 16, 18, 20, 22, 24]
+    assert [nxt for _, nxt in checkpoints] == [4, 6]
+    saved, start = checkpoints[0]
+    resumed = run_segmentation_sweep(SegNet(), images, masks, np.arange(6), plan, batch_size=4,
+                                     tally=SegmentationTally.from_json(saved), start=start, prefetch=True)
+    assert resumed.to_json() == whole.to_json()

@@ -11,8 +11,8 @@ import torch
 from tests.reference import reference_shift
 from worker import architectures
 from worker.engine.grid import build_grid
-from worker.engine.layers import GraphTap, HookTap, default_layers, profile_rows, run_layer_profile
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.layers import GraphTap, HookTap, LayerTally, default_layers, profile_rows, run_layer_profile
+from worker.engine.plan import SweepError, SweepPlan
 
 
 def build(name: str, **options) -> torch.nn.Module:
@@ -159,3 +159,33 @@ def test_named_layers_and_unreachable_formats(framed, tmp_path):
         run_layer_profile(scripted, framed, range(4), plan)
     with pytest.raises(SweepError, match="'exported'"):
         run_layer_profile(lambda x: x.flatten(1), framed, range(4), plan)
+
+
+def test_a_profile_reports_progress_and_resumes_from_a_checkpoint(framed):
+    net = build("lenet", pool="max")
+    grid = build_grid({"dx": [-1, 1], "dy": [0, 1]})
+    plan = SweepPlan(grid, "zeros", 0.0, (0.0,), (1.0,), (16, 16))
+    whole = run_layer_profile(net, framed, range(12), plan, batch_size=8)
+    progress, checkpoints = [], []
+    run_layer_profile(net, framed, range(12), plan, batch_size=8, on_progress=progress.append,
+                      on_chunk=lambda t, nxt: checkpoints.append((t.to_json(), nxt)))
+    # (0, 0) in the grid: the reference forward stands for it, so each sample takes 6 images
+    assert progress == [*range(8, 49, 8), *range(52, 73, 4)]
+    assert [nxt for _, nxt in checkpoints] == [8, 12]
+    saved, start = checkpoints[0]
+    resumed = run_layer_profile(net, framed, range(12), plan, batch_size=8,
+                                tally=LayerTally.from_json(saved), start=start)
+    assert resumed.to_json() == whole.to_json()
+
+
+def test_a_profile_stops_when_progress_raises(framed):
+    plan = SweepPlan(build_grid({"dx": [-1, 1], "dy": [0, 0]}), "zeros", 0.0, (0.0,), (1.0,), (16, 16))
+    seen = []
+
+    def cancel(done: int) -> None:
+        seen.append(done)
+        raise InterruptedError
+
+    with pytest.raises(InterruptedError):
+        run_layer_profile(build("lenet", pool="max"), framed, range(12), plan, batch_size=4, on_progress=cancel)
+    assert seen == [4]

@@ -10,7 +10,8 @@ from tests.reference import reference_crop, reference_metrics, reference_shift, 
 from worker.engine.grid import build_grid, check_grid_fits
 from worker.engine.metrics import shift_rows, summary
 from worker.engine.shifting import make_canvas
-from worker.engine.sweep import SweepPlan, run_sweep
+from worker.engine.plan import SweepPlan
+from worker.engine.sweep import run_sweep
 
 
 class Float64Net(torch.nn.Module):

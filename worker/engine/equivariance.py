@@ -11,8 +11,6 @@ compared, so they are kept as sums and merged across chunks.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
 import torch
 
 
@@ -75,12 +73,3 @@ def relative_error(diff_sq: float, reference_sq: float) -> float | None:
         return 0.0 if diff_sq == 0.0 else None
     return math.sqrt(diff_sq / reference_sq)
 
-
-def channel_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
-    """A mean or std of one value, or one per channel, as a C×1×1 float32 tensor."""
-    values = list(values)
-    if len(values) == 1:
-        values = values * channels
-    if len(values) != channels:
-        raise ValueError(f"mean/std give {len(values)} values for {channels} channels")
-    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker.engine.driver import ChunkViews, Shift, drive
 from worker.engine.equivariance import (
-    channel_tensor,
     comparable_offset,
     compared_pair,
     downsampling_factor,
@@ -25,8 +25,7 @@ from worker.engine.equivariance import (
     relative_error,
     squared_sums,
 )
-from worker.engine.shifting import canvas_margin, make_canvas, normalize, to_float
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.plan import SweepError, SweepPlan
 
 OUTPUT = "output"
 MAX_LAYERS = 100
@@ -260,6 +259,59 @@ def _features(output: torch.Tensor, captured: dict[str, torch.Tensor], names: Se
     return features
 
 
+class LayerSums:
+    """A layer profile's accumulator: each shift's features against the reference's, layer by layer.
+
+    The tap is made on the first batch, the first sample's unshifted view, as its probe.
+    """
+
+    def __init__(self, model: Any, plan: SweepPlan, requested: Sequence[str] | None, tally: LayerTally | None) -> None:
+        self.model, self.plan, self.requested, self.tally = model, plan, requested, tally
+        self.grid_index = {shift: j for j, shift in enumerate(plan.grid.shifts)}
+        self.tap: Tap | None = None
+
+    def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """The features of the profiled layers, the model output last."""
+        if self.tap is None:
+            self.tap = make_tap(self.model, batch[:1])
+            self.tally = self.tally or self._new_tally(self.tap)
+        names = self.tally.names
+        return _features(*self.tap.run(batch, names), names)
+
+    def _new_tally(self, tap: Tap) -> LayerTally:
+        names = resolve_layers(tap, self.requested)
+        if len(names) > MAX_LAYERS:
+            raise SweepError(f"{len(names)} layers were asked for; a profile takes at most {MAX_LAYERS}")
+        names.append(OUTPUT)
+        kinds = {layer.name: layer.kind for layer in tap.layers}
+        return LayerTally(names, [kinds.get(n, OUTPUT) for n in names], self.plan.grid.size)
+
+    def begin(self, views: ChunkViews) -> None:
+        self.reference: list[torch.Tensor] | None = None
+
+    def add(self, views: ChunkViews, shifts: Sequence[Shift], features: list[torch.Tensor]) -> None:
+        if self.reference is None:
+            self._take_reference(features)
+        circular = self.plan.padding == "circular"
+        # The reference batch stands for the grid's own (0, 0), when the grid has one.
+        for position, shift in enumerate(shifts):
+            if shift in self.grid_index:
+                part = [views.part(f, position) for f in features]
+                _accumulate(self.tally, self.grid_index[shift], shift, self.reference, part, circular)
+
+    def _take_reference(self, features: list[torch.Tensor]) -> None:
+        self.reference = features
+        if not self.tally.shapes:
+            self.tally.shapes = [list(f.shape[1:]) for f in features]
+            self.tally.factors = [
+                downsampling_factor(self.plan.input_hw, tuple(f.shape[-2:])) if f.ndim == 4 else None
+                for f in features
+            ]
+
+    def end(self, views: ChunkViews) -> None:
+        self.tally.n += len(views.rows)
+
+
 def run_layer_profile(
     model: Any,
     images: np.ndarray,
@@ -269,65 +321,22 @@ def run_layer_profile(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    tally: LayerTally | None = None,
+    start: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[LayerTally, int], None] | None = None,
+    prefetch: bool | None = None,
 ) -> LayerTally:
     """Profile `layers` (None: the default stages) and the model output over the plan's grid.
 
-    `on_progress(images_done)` runs after every forward batch and may raise to stop.
+    Resumes `tally` at `start`; the options as in worker.engine.driver.drive.
     """
-    device = torch.device(device)
     indices = np.asarray(indices, dtype=np.int64)
-    grid = plan.grid
-    channels = images.shape[3] if images.ndim == 4 else 1
-    mean, std = channel_tensor(plan.mean, channels, device), channel_tensor(plan.std, channels, device)
-    margin = canvas_margin(grid.max_abs)
-    circular = plan.padding == "circular"
-    chunk = max(1, min(batch_size, len(indices)))
-    shifts_per_batch = max(1, batch_size // chunk)
-    tally: LayerTally | None = None
-    names: list[str] = []
-    done = 0
-    with torch.inference_mode():
-        for begin in range(0, len(indices), chunk):
-            rows = indices[begin : begin + chunk]
-            canvas = make_canvas(to_float(images[rows], device), plan.padding, plan.fill, margin, plan.input_hw)
-            clean = normalize(canvas.view(0.0, 0.0), mean, std)
-            if tally is None:
-                tap = make_tap(model, clean[:1])
-                names = resolve_layers(tap, layers)
-                if len(names) > MAX_LAYERS:
-                    raise SweepError(f"{len(names)} layers were asked for; a profile takes at most {MAX_LAYERS}")
-                names.append(OUTPUT)
-                kinds = {layer.name: layer.kind for layer in tap.layers}
-                tally = LayerTally(names, [kinds.get(n, OUTPUT) for n in names], grid.size)
-            reference = _features(*tap.run(clean, names), names)
-            if not tally.shapes:
-                tally.shapes = [list(f.shape[1:]) for f in reference]
-                tally.factors = [
-                    downsampling_factor(plan.input_hw, tuple(f.shape[-2:])) if f.ndim == 4 else None
-                    for f in reference
-                ]
-            done += len(rows)
-            pending = [(j, s) for j, s in enumerate(grid.shifts) if s != (0.0, 0.0)]
-            for j, shift in enumerate(grid.shifts):
-                if shift == (0.0, 0.0):  # the reference forward stands for the grid's own (0, 0)
-                    _accumulate(tally, j, shift, reference, reference, circular)
-            for first in range(0, len(pending), shifts_per_batch):
-                group = pending[first : first + shifts_per_batch]
-                batch = normalize(torch.cat([canvas.view(dx, dy) for _, (dx, dy) in group]), mean, std)
-                features = _features(*tap.run(batch, names), names)
-                for k, (j, shift) in enumerate(group):
-                    part = [f[k * len(rows) : (k + 1) * len(rows)] for f in features]
-                    _accumulate(tally, j, shift, reference, part, circular)
-                done += len(rows) * len(group)
-                if on_progress is not None:
-                    on_progress(done)
-            tally.n += len(rows)
-            if on_progress is not None:
-                on_progress(done)
-    if tally is None:
-        raise SweepError("no samples were evaluated")
-    return tally
+    sums = LayerSums(model, plan, layers, tally)
+    return drive(
+        sums.forward, sums, images, indices, plan, reference_alone=True, batch_size=batch_size,
+        device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
+    )
 
 
 def _accumulate(

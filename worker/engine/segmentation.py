@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.equivariance import channel_tensor, comparable_offset, compared_pair, relative_error, squared_sums
-from worker.engine.shifting import canvas_margin, make_canvas, normalize, to_float
-from worker.engine.sweep import SweepError, SweepPlan
+from worker.engine.driver import ChunkViews, Shift, drive
+from worker.engine.equivariance import comparable_offset, compared_pair, relative_error, squared_sums
+from worker.engine.shifting import canvas_margin, make_canvas
+from worker.engine.plan import SweepError, SweepPlan
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 _NO_CLASS = -1.0
@@ -69,7 +70,7 @@ class SegmentationTally:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "num_shifts": self.num_shifts, "num_classes": self.num_classes, "n": self.n,
-            "factor": self.factor, "clean": self.clean,
+            "factor": self.factor, "clean": _copied(self.clean),
         }
         out.update({name: getattr(self, name).tolist() for name in self._ARRAYS})
         return out
@@ -92,7 +93,12 @@ class SegmentationTally:
             name: np.asarray(data[name], dtype=np.float64 if name in floats else np.int64)
             for name in cls._ARRAYS
         }
-        return cls(data["num_shifts"], data["num_classes"], data["n"], data["factor"], data["clean"], **arrays)
+        return cls(data["num_shifts"], data["num_classes"], data["n"], data["factor"], _copied(data["clean"]), **arrays)
+
+
+def _copied(clean: dict[str, Any]) -> dict[str, Any]:
+    """The clean counts with lists of their own: a checkpoint must not change as the sweep goes on."""
+    return {key: list(value) if isinstance(value, list) else value for key, value in clean.items()}
 
 
 def _class_counts(predicted: torch.Tensor, truth: torch.Tensor, k: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
@@ -136,6 +142,53 @@ def _upsample(classes: torch.Tensor, factor: int) -> torch.Tensor:
     return classes.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
+class SegmentationCounts:
+    """A segmentation sweep's accumulator: each shift's classes against the masks and the reference."""
+
+    def __init__(
+        self, plan: SweepPlan, masks: np.ndarray, indices: np.ndarray, tally: SegmentationTally | None
+    ) -> None:
+        self.plan, self.masks, self.tally = plan, masks, tally
+        self.num_labels = int(masks[indices].max()) + 1 if len(indices) else 1
+        self.margin = canvas_margin(plan.grid.max_abs)
+        self.grid_index = {shift: j for j, shift in enumerate(plan.grid.shifts)}
+
+    def begin(self, views: ChunkViews) -> None:
+        plan, device = self.plan, views.raw.pixels.device
+        source = torch.from_numpy(np.asarray(self.masks[views.rows], dtype=np.float32)).to(device)[:, None]
+        self.mask_canvas = make_canvas(source, plan.padding, _NO_CLASS, self.margin, plan.input_hw)
+        self.reference: torch.Tensor | None = None
+
+    def add(self, views: ChunkViews, shifts: Sequence[Shift], output: torch.Tensor) -> None:
+        factor = _check_output(output, len(views.rows) * len(shifts), self.plan.input_hw, self.num_labels)
+        if self.reference is None:
+            self._count_reference(output, factor)
+        circular = self.plan.padding == "circular"
+        # The reference batch stands for the grid's own (0, 0), when the grid has one.
+        for position, shift in enumerate(shifts):
+            if shift in self.grid_index:
+                part = views.part(output, position)
+                j = self.grid_index[shift]
+                _accumulate(self.tally, j, shift, self.reference, part, self.mask_canvas, circular)
+
+    def _count_reference(self, reference: torch.Tensor, factor: int) -> None:
+        self.reference = reference
+        # IoU runs over the model's classes: a class it predicts but no mask holds counts too.
+        tally = self.tally = self.tally or SegmentationTally(self.plan.grid.size, int(reference.shape[1]))
+        tally.factor = factor
+        truth = self.mask_canvas.view(0.0, 0.0)[:, 0].long()
+        classes = _upsample(reference.argmax(dim=1), factor)
+        pixels, correct, hits, predicted, true = _class_counts(classes, truth, tally.num_classes)
+        clean = tally.clean
+        clean["pixels"] += pixels
+        clean["correct"] += correct
+        for key, counts in (("hits", hits), ("predicted", predicted), ("truth", true)):
+            clean[key] = [a + int(b) for a, b in zip(clean[key], counts)]
+
+    def end(self, views: ChunkViews) -> None:
+        self.tally.n += len(views.rows)
+
+
 def run_segmentation_sweep(
     predict: Predict,
     images: np.ndarray,
@@ -149,61 +202,15 @@ def run_segmentation_sweep(
     start: int = 0,
     on_progress: Callable[[int], None] | None = None,
     on_chunk: Callable[[SegmentationTally, int], None] | None = None,
+    prefetch: bool | None = None,
 ) -> SegmentationTally:
-    """Sweep `indices[start:]` into `tally`; callbacks as in worker.engine.sweep.run_sweep."""
-    device = torch.device(device)
+    """Sweep `indices[start:]` into `tally` and return it; the options as in worker.engine.driver.drive."""
     indices = np.asarray(indices, dtype=np.int64)
-    grid = plan.grid
-    num_labels = int(masks[indices].max()) + 1 if len(indices) else 1
-    channels = images.shape[3] if images.ndim == 4 else 1
-    mean, std = channel_tensor(plan.mean, channels, device), channel_tensor(plan.std, channels, device)
-    margin = canvas_margin(grid.max_abs)
-    circular = plan.padding == "circular"
-    chunk = max(1, min(batch_size, len(indices)))
-    shifts_per_batch = max(1, batch_size // chunk)
-    done = start * plan.images_per_sample()
-    with torch.inference_mode():
-        for begin in range(start, len(indices), chunk):
-            rows = indices[begin : begin + chunk]
-            canvas = make_canvas(to_float(images[rows], device), plan.padding, plan.fill, margin, plan.input_hw)
-            mask_source = torch.from_numpy(np.asarray(masks[rows], dtype=np.float32)).to(device)[:, None]
-            mask_canvas = make_canvas(mask_source, plan.padding, _NO_CLASS, margin, plan.input_hw)
-            reference = predict(normalize(canvas.view(0.0, 0.0), mean, std))
-            factor = _check_output(reference, len(rows), plan.input_hw, num_labels)
-            # IoU runs over the model's classes: a class it predicts but no mask holds counts too.
-            tally = tally or SegmentationTally(grid.size, int(reference.shape[1]))
-            k = tally.num_classes
-            tally.factor = factor
-            reference_classes = reference.argmax(dim=1)
-            truth = mask_canvas.view(0.0, 0.0)[:, 0].long()
-            pixels, correct, hits, predicted, true = _class_counts(_upsample(reference_classes, factor), truth, k)
-            clean = tally.clean
-            clean["pixels"] += pixels
-            clean["correct"] += correct
-            for key, counts in (("hits", hits), ("predicted", predicted), ("truth", true)):
-                clean[key] = [a + int(b) for a, b in zip(clean[key], counts)]
-            done += len(rows)
-            pending = [(j, s) for j, s in enumerate(grid.shifts) if s != (0.0, 0.0)]
-            for j, shift in enumerate(grid.shifts):
-                if shift == (0.0, 0.0):
-                    _accumulate(tally, j, shift, reference, reference, mask_canvas, circular)
-            for first in range(0, len(pending), shifts_per_batch):
-                group = pending[first : first + shifts_per_batch]
-                batch = normalize(torch.cat([canvas.view(dx, dy) for _, (dx, dy) in group]), mean, std)
-                output = predict(batch)
-                _check_output(output, len(rows) * len(group), plan.input_hw, num_labels)
-                for g, (j, shift) in enumerate(group):
-                    part = output[g * len(rows) : (g + 1) * len(rows)]
-                    _accumulate(tally, j, shift, reference, part, mask_canvas, circular)
-                done += len(rows) * len(group)
-                if on_progress is not None:
-                    on_progress(done)
-            tally.n += len(rows)
-            if on_chunk is not None:
-                on_chunk(tally, begin + len(rows))
-    if tally is None:
-        raise SweepError("no samples were evaluated")
-    return tally
+    counts = SegmentationCounts(plan, masks, indices, tally)
+    return drive(
+        predict, counts, images, indices, plan, reference_alone=True, batch_size=batch_size,
+        device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
+    )
 
 
 def _accumulate(

@@ -1,0 +1,180 @@
+"""One loop for every sweep: chunks of samples laid on canvases, batches of views through the model.
+
+A task (classification, segmentation, a layer profile) brings only its
+accumulator; chunking, prefetch, progress, cancel and checkpoints live here once.
+Plain torch and numpy: no web, no queue, no database. Memory follows the batch
+size, never N×S.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from worker.engine.plan import SweepError, SweepPlan
+from worker.engine.shifting import Canvas, canvas_margin, make_canvas, normalize, normalized_canvas, to_float
+
+Shift = tuple[float, float]
+REFERENCE: Shift = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ChunkViews:
+    """One chunk of samples on canvases (as loaded, for sub-pixel shifts, and normalized)."""
+
+    begin: int  # the chunk's first position in the sweep's indices
+    rows: np.ndarray  # the chunk's sample indices
+    raw: Canvas
+    normalized: Canvas
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def stop(self) -> int:
+        return self.begin + len(self.rows)
+
+    def batch(self, shifts: Sequence[Shift]) -> torch.Tensor:
+        """The model's input for these shifts of the chunk, one contiguous N×C×H×W tensor."""
+        views = [
+            self.normalized.integer_view(int(dx), int(dy)) if _integral(dx, dy)
+            else normalize(self.raw.view(dx, dy), self.mean, self.std)
+            for dx, dy in shifts
+        ]
+        # The one copy per image: the views are strided windows into the canvas.
+        return views[0].contiguous() if len(views) == 1 else torch.cat(views)
+
+    def part(self, output: torch.Tensor, position: int) -> torch.Tensor:
+        """The rows of a batch's output that belong to its `position`-th shift."""
+        count = len(self.rows)
+        return output[position * count : (position + 1) * count]
+
+
+class Accumulator(Protocol):
+    """A task's counts: told of each chunk's start, each batch's output, and each chunk's end."""
+
+    @property
+    def tally(self) -> Any: ...
+
+    def begin(self, views: ChunkViews) -> None: ...
+
+    def add(self, views: ChunkViews, shifts: Sequence[Shift], output: Any) -> None: ...
+
+    def end(self, views: ChunkViews) -> None: ...
+
+
+def _integral(dx: float, dy: float) -> bool:
+    return float(dx).is_integer() and float(dy).is_integer()
+
+
+def channel_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
+    """A mean or std of one value, or one per channel, as a C×1×1 float32 tensor."""
+    values = list(values)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise SweepError(f"mean/std give {len(values)} values for {channels} channels")
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+
+
+def shift_batches(plan: SweepPlan, per_batch: int, reference_alone: bool) -> list[list[Shift]]:
+    """The shifts of each forward batch, in order; every evaluated shift once.
+
+    `reference_alone` forwards the unshifted view first and on its own, for tasks
+    that compare every shift with it; otherwise the reference is one of the shifts.
+    """
+    if reference_alone:
+        others = [shift for shift in plan.grid.shifts if shift != REFERENCE]
+        return [[REFERENCE], *_groups(others, per_batch)]
+    return _groups(plan.evaluated_shifts, per_batch)
+
+
+def _groups(shifts: Sequence[Shift], size: int) -> list[list[Shift]]:
+    return [list(shifts[first : first + size]) for first in range(0, len(shifts), size)]
+
+
+def chunked_views(
+    images: np.ndarray, indices: np.ndarray, plan: SweepPlan, *,
+    chunk: int, start: int, device: torch.device, prefetch: bool,
+) -> Generator[ChunkViews, None, None]:
+    """Each chunk of `indices[start:]` on its canvases, in order.
+
+    With `prefetch` the next chunk is read while this one runs: reading touches
+    the memory-mapped dataset (disk) and builds the canvas, and torch and numpy
+    release the GIL, so a second thread overlaps that with the forward passes.
+    """
+    channels = images.shape[3] if images.ndim == 4 else 1
+    mean = channel_tensor(plan.mean, channels, device)
+    std = channel_tensor(plan.std, channels, device)
+    margin = canvas_margin(plan.grid.max_abs)
+
+    def lay(begin: int) -> ChunkViews:
+        rows = indices[begin : begin + chunk]
+        # inference_mode is per thread, and this may run on the prefetch thread.
+        with torch.inference_mode():
+            raw = make_canvas(to_float(images[rows], device), plan.padding, plan.fill, margin, plan.input_hw)
+            return ChunkViews(begin, rows, raw, normalized_canvas(raw, mean, std), mean, std)
+
+    begins = list(range(start, len(indices), chunk))
+    if not prefetch or len(begins) < 2:
+        yield from map(lay, begins)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-prefetch") as pool:
+        pending = pool.submit(lay, begins[0])
+        for following in [*begins[1:], None]:
+            current = pending.result()
+            if following is not None:
+                pending = pool.submit(lay, following)
+            yield current
+
+
+def drive(
+    forward: Callable[[torch.Tensor], Any],
+    accumulator: Accumulator,
+    images: np.ndarray,
+    indices: np.ndarray,
+    plan: SweepPlan,
+    *,
+    reference_alone: bool,
+    batch_size: int,
+    device: torch.device,
+    start: int,
+    prefetch: bool | None,
+    on_progress: Callable[[int], None] | None,
+    on_chunk: Callable[[Any, int], None] | None,
+) -> Any:
+    """Run `indices[start:]` through `forward` into `accumulator`; return its tally.
+
+    `on_progress(images_done)` runs after every forward batch and may raise to stop
+    the sweep; `on_chunk(tally, next_start)` runs after every chunk of samples, so a
+    caller can checkpoint and later resume from `next_start`. `prefetch` defaults to
+    on for CUDA only; results are the same either way.
+    """
+    if prefetch is None:
+        # Measured (benchmarks/README.md): on CPU a second thread made no difference beyond the
+        # noise (preparing a chunk is tiny next to its forward passes), so one thread is
+        # simpler; on a GPU the host-side reading, pinning and copying is what it can overlap.
+        prefetch = device.type == "cuda"
+    chunk = max(1, min(batch_size, len(indices)))
+    batches = shift_batches(plan, max(1, batch_size // chunk), reference_alone)
+    done = start * plan.images_per_sample()
+    chunks = chunked_views(images, indices, plan, chunk=chunk, start=start, device=device, prefetch=prefetch)
+    with torch.inference_mode(), closing(chunks):
+        for views in chunks:
+            accumulator.begin(views)
+            for shifts in batches:
+                accumulator.add(views, shifts, forward(views.batch(shifts)))
+                done += len(views.rows) * len(shifts)
+                if on_progress is not None:
+                    on_progress(done)
+            accumulator.end(views)
+            if on_chunk is not None:
+                on_chunk(accumulator.tally, views.stop)
+    if accumulator.tally is None:  # a task that sizes its tally from the model's output saw none
+        raise SweepError("no samples were evaluated")
+    return accumulator.tally
