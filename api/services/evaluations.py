@@ -120,7 +120,8 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             if existing is None:
                 raise
             return existing, False
-        planned = jobs.plan_chunks(session, evaluation.id, partial(chunk_bounds, chunk_images=get_settings().chunk_images))
+        split = partial(chunk_bounds, chunk_images=get_settings().chunk_images)
+        planned = jobs.plan_chunks(session, evaluation.id, split)
         session.refresh(evaluation)
     try:
         # The first message carries the evaluation's id: one id everywhere.
