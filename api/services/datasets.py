@@ -95,7 +95,8 @@ def create_dataset(session: Session, tenant_id: str, name: str, path: Path, file
 
 def _blob_sizes(session: Session, dataset: Dataset) -> dict[str, int]:
     digests = [dataset.images_blob, dataset.targets_blob]
-    return dict(session.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests))).tuples())
+    rows = session.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests))).all()
+    return {digest: size for digest, size in rows}
 
 
 def ensure_builtin_datasets(session: Session) -> None:

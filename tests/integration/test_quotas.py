@@ -79,6 +79,13 @@ def test_uploads_past_the_storage_quota_are_refused(stack, model_files, storage_
     with big.open("rb") as handle:
         response = client.post("/v1/datasets", files={"file": handle}, data={"name": "big"})
     assert_quota_refusal(response, "SHIFTSCORE_QUOTA_STORAGE")
+    # A small dataset fits, and the same file again reuses its arrays: no more bytes.
+    small = npz(tmp_path / "small.npz", images=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+                labels=rng.integers(0, 10, 20).astype(np.int64))
+    for name in ("small", "small-again"):
+        with small.open("rb") as handle:
+            response = client.post("/v1/datasets", files={"file": handle}, data={"name": name})
+        assert response.status_code == 201, response.text
     # Another tenant is not charged for this one's bytes.
     assert upload(stack.session("storage-other"), model_files[1]).status_code == 201
     # Deleting frees the quota at once.
