@@ -3,8 +3,8 @@
 A blob lives while a live model or dataset, or an unfinished sweep, refers to it;
 the scheduler reclaims the others (`reclaim_blobs`) and workers drop them from
 their disk caches (`prune_cache`). Whoever starts referring to a stored blob
-takes a key-share lock on it first (`hold_blob`), so a reclaim cannot delete it
-under a new upload.
+(an upload, a new sweep) takes a key-share lock on it first (`hold_blob`), so a
+reclaim, which locks the blob and asks again, cannot delete it from under them.
 """
 
 from __future__ import annotations
@@ -95,6 +95,11 @@ def reclaim_blobs(session: Session) -> int:
     ).scalars())
     reclaimed = 0
     for digest in doomed:
+        # Locked, then asked again: whoever held the blob (a new upload, a new sweep) has committed by now.
+        session.execute(select(Blob.sha256).where(Blob.sha256 == digest).with_for_update()).all()
+        if session.execute(select(needed.c.sha256).where(needed.c.sha256 == digest)).first() is not None:
+            session.rollback()
+            continue
         session.execute(update(Model).where(Model.sha256 == digest, Model.deleted_at.is_not(None))
                         .values(sha256=None))
         for column in (Dataset.images_blob, Dataset.targets_blob):

@@ -20,6 +20,7 @@ from api.services.layers import check_layers_request, check_task, is_segmentatio
 from api.services.models import get_model
 from api.services.quotas import check_queued, lock_tenant
 from db import jobs
+from db.blobs import hold_blob
 from db.models import ClassResult, Dataset, Evaluation, ExampleResult, Model, ShiftResult
 from db.session import session_scope
 from shiftscore.settings import get_settings
@@ -92,6 +93,10 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
         dataset = get_dataset(session, tenant_id, body.dataset_id)
         grid = _check_fit(body, model, dataset)
         check_queued(session, tenant_id)
+        # The sweep will need these blobs: held until it is committed, so a reclaim sees it.
+        if not all(hold_blob(session, digest) for digest in (model.sha256, dataset.images_blob, dataset.targets_blob)):
+            raise Conflict("the model or dataset was deleted while this request ran; submit again with ones "
+                           "that exist (GET /v1/models, GET /v1/datasets)")
         num_samples = min(body.max_samples or dataset.num_samples, dataset.num_samples)
         request = _stored_request(body, dataset)
         evaluation = Evaluation(
