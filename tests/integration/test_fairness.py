@@ -106,9 +106,9 @@ def test_a_small_sweep_is_not_starved_by_another_tenants_twenty(stack, tenant_a,
 
 
 def test_a_killed_worker_is_replaced_within_30_s_at_the_defaults(stack, tenant_a, trained, tmp_path):
-    # 46x the model's cost: 2 chunks of 38,250 images, one per worker, each longer than
+    # 91x the model's cost: 2 chunks of 38,250 images, one per worker, each well past
     # SHIFTSCORE_STALE_AFTER, so a live worker keeps its chunk only through its heartbeats.
-    very_slow = upload(tenant_a, Slowed(trained, 45), tmp_path / "very_slow.pt")
+    very_slow = upload(tenant_a, Slowed(trained, 90), tmp_path / "very_slow.pt")
     body = {"model_id": very_slow["id"], "dataset_id": "digits", "shifts": {"dx": [-4, 4], "dy": [-2, 2]},
             "max_samples": 1700}
     evaluation_id = submit(tenant_a, body)["id"]
