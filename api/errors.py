@@ -53,6 +53,16 @@ class Unprocessable(Problem):
     status, title, type = 422, "Unprocessable request", "/problems/unprocessable"
 
 
+class TooManyRequests(Problem):
+    """A tenant's quota is used up; `retry_after` seconds is when trying again may succeed."""
+
+    status, title, type = 429, "Quota exceeded", "/problems/quota-exceeded"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(Problem):
     status, title, type = 503, "Service unavailable", "/problems/unavailable"
 
@@ -71,7 +81,10 @@ def problem_response(status: int, title: str, detail: str, type: str = "about:bl
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(error: Problem) -> Response:
-        return problem_response(error.status, error.title, error.detail, error.type, error.errors)
+        response = problem_response(error.status, error.title, error.detail, error.type, error.errors)
+        if isinstance(error, TooManyRequests):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:

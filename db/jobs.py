@@ -6,6 +6,15 @@ holds a chunk through its attempt number: every write it makes is guarded by
 claim (the evaluation was cancelled or failed, or the chunk was taken over
 after its worker went silent) can no longer write. Progress is counted from each
 chunk's high-water mark, so a retried chunk never counts an image twice.
+
+Lock order, everywhere: a transaction that writes both locks chunk rows first
+(several in `index` order), then the evaluation row, so a cancel racing a
+worker's progress write waits instead of deadlocking on PostgreSQL. Starting a
+tenant's next sweep first locks its tenant row (tenant, chunk, evaluation).
+
+Scheduling is fair between tenants: a queue message only says "run the next
+chunk"; the worker takes, by a conditional update, the oldest queued chunk of
+the tenant with the fewest running chunks (`claim_next_chunk`).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from db.models import (
     ExampleResult,
     Model,
     ShiftResult,
+    Tenant,
     utcnow,
 )
 
@@ -157,6 +167,75 @@ def claim_chunk(
     )
 
 
+def claim_next_chunk(
+    session: Session, worker: str, stale_after: timedelta, max_attempts: int, running_quota: int,
+) -> ClaimedChunk | None:
+    """Take the next chunk fairly: the oldest queued one of the tenant with the fewest running chunks.
+
+    A tenant already running `running_quota` sweeps starts no other sweep (chunks of
+    its running sweeps still go on). None when no chunk can be taken now. Commits
+    what it decided about chunks it passed over (one out of attempts fails its sweep).
+    """
+    for _ in range(3):
+        candidates = session.execute(_fair_candidates(running_quota).limit(8)).all()
+        if not candidates:
+            return None
+        for evaluation_id, index, status, tenant_id in candidates:
+            if status == "queued" and not _may_start_sweep(session, tenant_id, running_quota):
+                session.rollback()
+                continue
+            claimed = claim_chunk(session, evaluation_id, index, worker, stale_after, max_attempts)
+            if claimed is not None:
+                return claimed
+            session.commit()
+    return None
+
+
+def _fair_candidates(running_quota: int) -> Any:
+    tenant = Evaluation.tenant_id
+    running_chunks = (
+        select(tenant.label("tenant_id"), func.count().label("n"))
+        .select_from(EvaluationChunk).join(Evaluation, Evaluation.id == EvaluationChunk.evaluation_id)
+        .where(EvaluationChunk.status == "running").group_by(tenant).subquery()
+    )
+    running_sweeps = (
+        select(tenant.label("tenant_id"), func.count().label("n"))
+        .where(Evaluation.status == "running").group_by(tenant).subquery()
+    )
+    return (
+        select(EvaluationChunk.evaluation_id, EvaluationChunk.index, Evaluation.status, tenant)
+        .join(Evaluation, Evaluation.id == EvaluationChunk.evaluation_id)
+        .outerjoin(running_chunks, running_chunks.c.tenant_id == tenant)
+        .outerjoin(running_sweeps, running_sweeps.c.tenant_id == tenant)
+        .where(EvaluationChunk.status == "queued", Evaluation.status.in_(ACTIVE),
+               Evaluation.cancel_requested.is_(False),
+               or_(Evaluation.status == "running", func.coalesce(running_sweeps.c.n, 0) < running_quota))
+        .order_by(func.coalesce(running_chunks.c.n, 0), Evaluation.created_at, Evaluation.id,
+                  EvaluationChunk.index)
+    )
+
+
+def _may_start_sweep(session: Session, tenant_id: str, running_quota: int) -> bool:
+    """Whether the tenant may start one more sweep; its row stays locked so two workers cannot both."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)).all()
+    return running_sweeps(session, tenant_id) < running_quota
+
+
+def running_sweeps(session: Session, tenant_id: str) -> int:
+    return session.execute(
+        select(func.count()).select_from(Evaluation)
+        .where(Evaluation.tenant_id == tenant_id, Evaluation.status == "running")
+    ).scalar_one()
+
+
+def has_queued_chunks(session: Session) -> bool:
+    """Whether some active sweep has a chunk waiting (perhaps held back by its tenant's running quota)."""
+    return bool(session.execute(select(exists().where(
+        EvaluationChunk.status == "queued", EvaluationChunk.evaluation_id == Evaluation.id,
+        Evaluation.status.in_(ACTIVE), Evaluation.cancel_requested.is_(False),
+    ))).scalar())
+
+
 def _before(moment: datetime | None, cutoff: datetime) -> bool:
     if moment is None:
         return True
@@ -194,27 +273,34 @@ def record_chunk_progress(
     mark, so images swept again after a retry are not counted twice. Raises
     LostClaim if the chunk should stop.
     """
-    now = utcnow()
-    values: dict[str, Any] = {"heartbeat_at": now, "done": max(done, high_water)}
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if checkpoint is not None:
         values["position"], values["tally"] = checkpoint
-    _write_held(session, claim, values, max(0, done - high_water))
-    return max(done, high_water)
+    return max(high_water, _write_held(session, claim, values, done))
 
 
-def _write_held(session: Session, claim: ChunkClaim, values: dict[str, Any], progress: int) -> None:
-    """Update the held chunk and count `progress` more images on its evaluation, or raise LostClaim."""
+def _write_held(session: Session, claim: ChunkClaim, values: dict[str, Any], done: int) -> int:
+    """Update the held chunk to `done` images and count the new ones on its evaluation; the new mark.
+
+    The mark is read from the locked chunk row, so writing the same progress twice (a retry
+    after a commit whose answer was lost) counts nothing twice. Raises LostClaim.
+    """
     # Chunk row first, then the evaluation row: every writer takes the locks in this order.
-    chunk = session.execute(update(EvaluationChunk).where(*_held(claim)).values(**values))
-    if chunk.rowcount == 1:
+    mark = session.execute(
+        select(EvaluationChunk.done).where(*_held(claim)).with_for_update(key_share=True)
+    ).scalar_one_or_none()
+    if mark is not None:
+        values = {**values, "done": max(done, mark)}
+        session.execute(update(EvaluationChunk).where(*_held(claim)).values(**values))
         evaluation = session.execute(
             update(Evaluation)
             .where(Evaluation.id == claim.evaluation_id, Evaluation.status == "running",
                    Evaluation.cancel_requested.is_(False))
-            .values(progress_done=Evaluation.progress_done + progress, heartbeat_at=values["heartbeat_at"])
+            .values(progress_done=Evaluation.progress_done + max(0, done - mark),
+                    heartbeat_at=values["heartbeat_at"])
         )
         if evaluation.rowcount == 1:
-            return
+            return values["done"]
     session.rollback()
     status = session.execute(
         select(Evaluation.status).where(Evaluation.id == claim.evaluation_id)
@@ -243,7 +329,7 @@ def complete_chunk(
               "heartbeat_at": now}
     # The evaluation row is written inside: concurrent finishers of one evaluation queue up
     # behind its lock, so the last one sees every other chunk done.
-    _write_held(session, claim, values, max(0, total - high_water))
+    _write_held(session, claim, values, total)
     remaining = session.execute(
         select(func.count()).select_from(EvaluationChunk).where(
             EvaluationChunk.evaluation_id == claim.evaluation_id, EvaluationChunk.status != "done"
@@ -308,27 +394,33 @@ def finish_evaluation(
 
 def fail_evaluation(session: Session, evaluation_id: str, error_type: str, detail: str) -> bool:
     """Mark a queued or running evaluation failed with a message for the user, and stop its chunks."""
+    _stop_chunks(session, evaluation_id)
     result = session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation_id, Evaluation.status.in_(ACTIVE))
         .values(status="failed", error_type=error_type, error_detail=detail, finished_at=utcnow())
     )
-    _stop_chunks(session, evaluation_id)
     return result.rowcount == 1
 
 
 def request_cancel(session: Session, evaluation: Evaluation) -> None:
     """Cancel a queued or running evaluation at once; its workers see it at their next write and stop."""
+    _stop_chunks(session, evaluation.id)
     session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation.id, Evaluation.status.in_(ACTIVE))
         .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
     )
-    _stop_chunks(session, evaluation.id)
     session.refresh(evaluation)
 
 
 def _stop_chunks(session: Session, evaluation_id: str) -> None:
+    """Stop an evaluation's open chunks, locking them in index order first (the module's lock order)."""
+    session.execute(
+        select(EvaluationChunk.index)
+        .where(EvaluationChunk.evaluation_id == evaluation_id, EvaluationChunk.status.in_(CHUNK_OPEN))
+        .order_by(EvaluationChunk.index).with_for_update(key_share=True)
+    ).all()
     session.execute(
         update(EvaluationChunk)
         .where(EvaluationChunk.evaluation_id == evaluation_id, EvaluationChunk.status.in_(CHUNK_OPEN))
@@ -432,6 +524,7 @@ def requeue_stale_chunks(session: Session, cutoff: datetime, max_attempts: int) 
         .join(Evaluation, Evaluation.id == EvaluationChunk.evaluation_id)
         .where(EvaluationChunk.status == "running", EvaluationChunk.heartbeat_at < cutoff,
                Evaluation.status == "running")
+        .order_by(EvaluationChunk.evaluation_id, EvaluationChunk.index)
     ).all()
     requeued = []
     for evaluation_id, index, attempts in stale:
@@ -469,9 +562,11 @@ def waiting_work(session: Session, cutoff: datetime) -> Waiting:
                ~exists().where(EvaluationChunk.evaluation_id == Evaluation.id))
     )
     evaluations = session.execute(unplanned).all()
+    # Queued chunks of an ended evaluation are inert (no worker takes them): nothing waits for them.
     chunks = session.execute(
         select(EvaluationChunk.evaluation_id, EvaluationChunk.index, EvaluationChunk.enqueued_at)
-        .where(EvaluationChunk.status == "queued")
+        .join(Evaluation, Evaluation.id == EvaluationChunk.evaluation_id)
+        .where(EvaluationChunk.status == "queued", Evaluation.status.in_(ACTIVE))
         .order_by(EvaluationChunk.enqueued_at)
     ).all()
     # A model held by a live worker is not waiting; counting it would re-send its validation.
@@ -492,7 +587,7 @@ def waiting_work(session: Session, cutoff: datetime) -> Waiting:
 def mark_enqueued(session: Session, chunks: list[tuple[str, int]]) -> None:
     """Note when queued chunks were last put on the queue."""
     now = utcnow()
-    for evaluation_id, index in chunks:
+    for evaluation_id, index in sorted(chunks):
         session.execute(
             update(EvaluationChunk)
             .where(EvaluationChunk.evaluation_id == evaluation_id, EvaluationChunk.index == index,

@@ -78,8 +78,9 @@ class Dataset(Base):
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     task: Mapped[str] = mapped_column(String(20), default="classification")
     sha256: Mapped[str] = mapped_column(String(64))
-    images_blob: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
-    targets_blob: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    # NULL once the dataset is deleted and its blobs reclaimed (db/blobs.py).
+    images_blob: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    targets_blob: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     num_samples: Mapped[int] = mapped_column(Integer)
     channels: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -101,7 +102,8 @@ class Model(Base):
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     format: Mapped[str] = mapped_column(String(20))
     task: Mapped[str] = mapped_column(String(20), default="classification")
-    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    # NULL once the model is deleted and its blob reclaimed (db/blobs.py).
+    sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     architecture: Mapped[str | None] = mapped_column(String(100))
     architecture_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     input_spec: Mapped[dict[str, Any]] = mapped_column()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shiftscore.settings import get_settings
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
 
@@ -63,3 +69,34 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database error that may pass if the same write is tried again: SQLite busy, a dropped connection."""
+    return isinstance(error, OperationalError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
+
+
+class StillFailing(Exception):
+    """A write kept failing with transient database errors after every retry."""
+
+
+def retrying(write: Callable[[], T], attempts: int = 4, first_wait: float = 0.2) -> T:
+    """Run `write` (which opens its own session), again after a transient error, waiting 0.2, 0.4, 0.8 s.
+
+    `write` must be safe to repeat: a commit whose answer was lost may have happened.
+    Raises StillFailing once every attempt failed.
+    """
+    failures = 0
+    while True:
+        try:
+            return write()
+        except Exception as exc:  # noqa: BLE001 — only transient errors are retried
+            failures += 1
+            if not is_transient(exc):
+                raise
+            if failures >= attempts:
+                raise StillFailing(f"{type(exc).__name__} {failures} times in a row") from exc
+            log.warning("transient database error (%s), trying again", type(exc).__name__)
+            time.sleep(first_wait * 2 ** (failures - 1))

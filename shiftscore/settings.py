@@ -99,8 +99,16 @@ class Settings:
     # A sweep is split into chunks of at least this many images (samples x shifts) that
     # any worker can run; fewer, bigger chunks keep the per-task overhead small.
     chunk_images: int = 20_000
-    # A running chunk whose heartbeat is older than this is taken to have lost its worker.
-    stale_after_s: float = 60.0
+    # A running chunk whose heartbeat is older than this is taken to have lost its worker;
+    # workers beat every quarter of it, so a dead worker's chunk moves on within it plus a reconciler pass.
+    stale_after_s: float = 20.0
+    # Per tenant: sweeps running at once (more wait, queued), sweeps waiting to start
+    # (POST beyond it is 429), and bytes of live models' and datasets' stored blobs (uploads beyond: 429).
+    quota_running: int = 4
+    quota_queued: int = 100
+    quota_storage_bytes: int = 10 << 30
+    # How often the scheduler deletes blobs that no live model or dataset, and no unfinished sweep, needs.
+    reclaim_period_s: float = 60.0
     # Uploaded models run only inside the sandbox (worker/sandbox); off is for trusted,
     # single-user machines where bubblewrap cannot run.
     sandbox: bool = True
@@ -172,7 +180,11 @@ class Settings:
             max_attempts=_int(env, "SHIFTSCORE_MAX_ATTEMPTS", 3, 1),
             progress_interval_s=_float(env, "SHIFTSCORE_PROGRESS_INTERVAL", 0.5),
             chunk_images=_int(env, "SHIFTSCORE_CHUNK_IMAGES", 20_000, 1),
-            stale_after_s=_float(env, "SHIFTSCORE_STALE_AFTER", 60.0, 0.5),
+            stale_after_s=_float(env, "SHIFTSCORE_STALE_AFTER", 20.0, 0.5),
+            quota_running=_int(env, "SHIFTSCORE_QUOTA_RUNNING", 4, 1),
+            quota_queued=_int(env, "SHIFTSCORE_QUOTA_QUEUED", 100, 1),
+            quota_storage_bytes=_bytes(env, "SHIFTSCORE_QUOTA_STORAGE", 10 << 30),
+            reclaim_period_s=_float(env, "SHIFTSCORE_RECLAIM_PERIOD", 60.0, 0.5),
             sandbox=_switch(env, "SHIFTSCORE_SANDBOX", True),
             sandbox_memory_bytes=_bytes(env, "SHIFTSCORE_SANDBOX_MEMORY", 4 << 30, 256 << 20),
             sandbox_cpu_seconds=_int(env, "SHIFTSCORE_SANDBOX_CPU_SECONDS", 7200, 1),

@@ -1,4 +1,10 @@
-"""Run an evaluation in chunks: plan, claim, load, sweep, record; the last chunk merges. No Celery here."""
+"""Run an evaluation in chunks: plan, claim, load, sweep, record; the last chunk merges. No Celery here.
+
+A queue message only says "run the next chunk"; which one is the database's fair
+choice between tenants (db.jobs.claim_next_chunk). Every write of a chunk is
+retried through transient database errors (db.session.retrying); one that keeps
+failing leaves the chunk to the reconciler, which gives it to a worker again.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from db import jobs
-from db.blobs import blob_path
+from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
-from db.session import session_scope
+from db.session import StillFailing, is_transient, retrying, session_scope
 from shiftscore.settings import Settings, get_settings
 from worker import profiles
 from worker.chunking import chunk_bounds
@@ -77,10 +83,11 @@ class _Reporter:
         self._write((self.claimed.start + next_start, tally))
 
     def _write(self, checkpoint: tuple[int, dict[str, Any]] | None) -> None:
-        with session_scope() as session:
-            self.high_water = jobs.record_chunk_progress(
-                session, self.claimed.claim, self.done, self.high_water, checkpoint
-            )
+        def write() -> int:
+            with session_scope() as session:
+                return jobs.record_chunk_progress(session, self.claimed.claim, self.done, self.high_water, checkpoint)
+
+        self.high_water = retrying(write)
         self.last_progress = time.monotonic()
 
 
@@ -120,7 +127,7 @@ def _beat_chunk(claim: jobs.ChunkClaim) -> bool:
 def run_evaluation(
     evaluation_id: str, worker: str, time_limit_errors: tuple[type[BaseException], ...] = ()
 ) -> None:
-    """Split a queued evaluation into chunks, queue all but the first for any worker, sweep the first here.
+    """The first message of a sweep: plan it if the API did not (rows from before), then run the next chunk.
 
     `time_limit_errors` are the exceptions the task runner raises when time is up.
     """
@@ -128,28 +135,42 @@ def run_evaluation(
     split = partial(chunk_bounds, chunk_images=settings.chunk_images)
     with session_scope() as session:
         planned = jobs.plan_chunks(session, evaluation_id, split)
-    if not planned:
-        return
     for index in planned[1:]:
         try:
             enqueue_chunk(evaluation_id, index)
         except Exception:  # noqa: BLE001 — the chunks are committed; the reconciler sends them later
             log.exception("could not enqueue the chunks of %s from %d on; the reconciler will", evaluation_id, index)
             break
-    run_chunk(evaluation_id, planned[0], worker, time_limit_errors)
+    run_next_chunk(worker, (evaluation_id, 0), time_limit_errors)
 
 
-def run_chunk(
-    evaluation_id: str, index: int, worker: str, time_limit_errors: tuple[type[BaseException], ...] = ()
+def run_next_chunk(
+    worker: str, message: tuple[str, int], time_limit_errors: tuple[type[BaseException], ...] = ()
 ) -> None:
-    """Claim one chunk and sweep it in the model's sandbox; the last chunk to finish records the result."""
+    """Claim the next chunk fairly and sweep it in its model's sandbox; the last to finish records the result.
+
+    `message` names the chunk the queue message was sent for; any queued chunk may run instead.
+    When the only waiting chunks are held back by their tenant's running quota, the message
+    goes back on the queue (after a pause) so that they still have one when a sweep ends.
+    """
     settings = get_settings()
     # The part stops itself just before Celery's soft limit would interrupt it at a random line
     # (say, inside a database write); the soft limit stays as the backstop.
     until = time.monotonic() + max(1.0, settings.task_soft_time_limit - 1.0)
-    job = _claim(evaluation_id, index, worker, settings)
-    if job is None:
+    _prune_cache_now_and_then(settings)
+    try:
+        claimed = retrying(partial(_claim_next, worker, settings))
+        if claimed is None:
+            if retrying(_held_back):
+                time.sleep(HELD_BACK_PAUSE_S)
+                enqueue_chunk(*message)
+            return
+        job = retrying(partial(_load, claimed, settings))
+    except StillFailing as exc:
+        # A chunk claimed but not started is put back by the reconciler, like one whose worker died.
+        log.warning("no chunk started: database errors (%s); the reconciler re-sends the work", exc)
         return
+    evaluation_id, index = claimed.claim.evaluation_id, claimed.claim.index
     try:
         with Heartbeat(partial(_beat_chunk, job.claimed.claim), max(0.1, settings.stale_after_s / 4)):
             try:
@@ -166,9 +187,17 @@ def run_chunk(
             error_type, detail = "time_limit", _time_limit_detail(settings)
         log.warning("chunk %d of evaluation %s: %s (%s)", index, evaluation_id, detail, exc.kind)
         _fail(job.claimed.claim, error_type, detail)
+    except StillFailing as exc:
+        # The chunk stays running without a heartbeat: the reconciler puts it back after
+        # SHIFTSCORE_STALE_AFTER and a worker resumes it from its last checkpoint.
+        log.warning("chunk %d of evaluation %s left to the reconciler: database writes failed (%s)",
+                    index, evaluation_id, exc)
     except time_limit_errors:
         _fail(job.claimed.claim, "time_limit", _time_limit_detail(settings))
     except Exception as exc:  # noqa: BLE001 — a job must end in a status, never vanish
+        if is_transient(exc):
+            log.warning("chunk %d of evaluation %s left to the reconciler: %s", index, evaluation_id, exc)
+            return
         log.exception("chunk %d of evaluation %s crashed", index, evaluation_id)
         _fail(job.claimed.claim, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}")
 
@@ -181,13 +210,43 @@ def _time_limit_detail(settings: Settings) -> str:
     )
 
 
-def _claim(evaluation_id: str, index: int, worker: str, settings: Settings) -> Job | None:
+# A worker whose message found only chunks held back by a running quota waits this long before
+# putting the message back, so that an otherwise idle cluster does not spin on it.
+HELD_BACK_PAUSE_S = 1.0
+_last_prune = 0.0
+
+
+def _held_back() -> bool:
+    with session_scope() as session:
+        return jobs.has_queued_chunks(session)
+
+
+def _prune_cache_now_and_then(settings: Settings) -> None:
+    """Drop reclaimed blobs from this host's cache, at most once per SHIFTSCORE_RECLAIM_PERIOD."""
+    global _last_prune
+    if time.monotonic() - _last_prune < settings.reclaim_period_s:
+        return
+    _last_prune = time.monotonic()
+    try:
+        with session_scope() as session:
+            removed = prune_cache(session, cache_dir(settings))
+    except Exception:  # noqa: BLE001 — a cache left as it was costs disk, not results
+        log.warning("could not prune the blob cache", exc_info=True)
+        return
+    if removed:
+        log.info("removed %d reclaimed blob(s) from the cache", removed)
+
+
+def _claim_next(worker: str, settings: Settings) -> jobs.ClaimedChunk | None:
     stale_after = timedelta(seconds=settings.stale_after_s)
     with session_scope() as session:
-        claimed = jobs.claim_chunk(session, evaluation_id, index, worker, stale_after, settings.max_attempts)
-        if claimed is None:
-            return None
-        evaluation = session.get(Evaluation, evaluation_id)
+        return jobs.claim_next_chunk(session, worker, stale_after, settings.max_attempts, settings.quota_running)
+
+
+def _load(claimed: jobs.ClaimedChunk, settings: Settings) -> Job:
+    """What the claimed chunk's sweep needs; the blobs are fetched to this host's cache."""
+    with session_scope() as session:
+        evaluation = session.get(Evaluation, claimed.claim.evaluation_id)
         model = session.get(Model, evaluation.model_id)
         dataset = session.get(Dataset, evaluation.dataset_id)
         cache = cache_dir(settings)
@@ -204,10 +263,15 @@ def _claim(evaluation_id: str, index: int, worker: str, settings: Settings) -> J
 
 def _fail(claim: jobs.ChunkClaim, error_type: str, detail: str) -> None:
     """Fail the evaluation, unless this worker no longer holds the chunk (someone else owns the outcome)."""
-    with session_scope() as session:
-        if not jobs.heartbeat_chunk(session, claim):
-            return
-        jobs.fail_evaluation(session, claim.evaluation_id, error_type, detail)
+    def write() -> None:
+        with session_scope() as session:
+            if jobs.heartbeat_chunk(session, claim):
+                jobs.fail_evaluation(session, claim.evaluation_id, error_type, detail)
+
+    try:
+        retrying(write)
+    except StillFailing:
+        log.warning("could not record the failure of %s; the reconciler retries its chunk", claim.evaluation_id)
 
 
 def _sweep(job: Job, settings: Settings, until: float) -> None:
@@ -239,10 +303,9 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
                                   bool(job.request.get(profiles.LAYERS)))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    if task == "segmentation":
-        profiles.complete_segmentation_chunk(claimed, chunk_tally, reporter.high_water, grid)
-    else:
-        _complete_classification_chunk(claimed, chunk_tally, reporter.high_water, grid)
+    complete = profiles.complete_segmentation_chunk if task == "segmentation" else _complete_classification_chunk
+    # Safe to repeat: a chunk already done answers LostClaim, and the evaluation finishes in the same commit.
+    retrying(partial(complete, claimed, chunk_tally, reporter.high_water, grid))
 
 
 def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:

@@ -2,16 +2,20 @@
 
 It puts back chunks whose worker went silent (killed, lost its host) and
 re-sends messages the broker lost (a Redis restart, an enqueue that failed while
-the broker was down). Torch-free: it runs in the scheduler process.
+the broker was down). Once per SHIFTSCORE_RECLAIM_PERIOD it also deletes the
+blobs nothing needs any more (db.blobs.reclaim_blobs). Torch-free: it runs in the
+scheduler process.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from db import jobs
+from db.blobs import reclaim_blobs
 from db.models import utcnow
 from db.session import session_scope
 from shiftscore.settings import Settings, get_settings
@@ -26,6 +30,10 @@ class Reconciled:
 
     stale_chunks: int
     resent: int
+    reclaimed_blobs: int = 0
+
+
+_last_reclaim: float | None = None
 
 
 def reconcile(settings: Settings | None = None) -> Reconciled:
@@ -54,4 +62,17 @@ def reconcile(settings: Settings | None = None) -> Reconciled:
         resent = len(waiting.evaluations) + len(waiting.chunks) + len(waiting.models)
     if stale or resent:
         log.warning("reconciler: re-enqueued %d stale chunk(s), re-sent %d lost message(s)", len(stale), resent)
-    return Reconciled(stale_chunks=len(stale), resent=resent)
+    return Reconciled(stale_chunks=len(stale), resent=resent, reclaimed_blobs=_reclaim_now_and_then(settings))
+
+
+def _reclaim_now_and_then(settings: Settings) -> int:
+    """Delete unneeded blobs once per SHIFTSCORE_RECLAIM_PERIOD (the first pass does it at once)."""
+    global _last_reclaim
+    if _last_reclaim is not None and time.monotonic() - _last_reclaim < settings.reclaim_period_s:
+        return 0
+    _last_reclaim = time.monotonic()
+    with session_scope() as session:
+        reclaimed = reclaim_blobs(session)
+    if reclaimed:
+        log.info("reconciler: deleted %d blob(s) that no live model or dataset needs", reclaimed)
+    return reclaimed

@@ -50,7 +50,8 @@ def run_evaluation(evaluation_id: str) -> None:
 def run_chunk(evaluation_id: str, index: int) -> None:
     from worker import evaluations
 
-    evaluations.run_chunk(evaluation_id, index, _worker_name(), (SoftTimeLimitExceeded,))
+    # The message stands for one queued chunk; the worker runs whichever is next in fair order.
+    evaluations.run_next_chunk(_worker_name(), (evaluation_id, index), (SoftTimeLimitExceeded,))
 
 
 @app.task(name=RECONCILE)

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from api.errors import NotFound, Unprocessable
 from api.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
 from api.pagination import paginate
-from db.blobs import put_blob
-from db.models import Dataset, utcnow
+from api.services.quotas import check_storage, lock_tenant
+from db.blobs import hold_blob, put_blob, sha256_bytes
+from db.models import Blob, Dataset, utcnow
 from shiftscore.settings import get_settings
 
 BUILTINS = {"digits": digits}
@@ -29,14 +30,19 @@ def _file_sha256(path: Path) -> str:
 def _store(session: Session, parsed: ParsedDataset, *, tenant_id: str | None, name: str,
            sha256: str, builtin: bool = False) -> Dataset:
     images = parsed.images
+    images_bytes, targets_bytes = parsed.stored_images(), to_npy_bytes(parsed.targets)
+    if tenant_id is not None:
+        lock_tenant(session, tenant_id)
+        check_storage(session, tenant_id, {sha256_bytes(images_bytes): len(images_bytes),
+                                           sha256_bytes(targets_bytes): len(targets_bytes)})
     dataset = Dataset(
         tenant_id=tenant_id,
         name=name,
         builtin=builtin,
         task=parsed.task,
         sha256=sha256,
-        images_blob=put_blob(session, parsed.stored_images()),
-        targets_blob=put_blob(session, to_npy_bytes(parsed.targets)),
+        images_blob=put_blob(session, images_bytes),
+        targets_blob=put_blob(session, targets_bytes),
         num_samples=images.shape[0],
         channels=images.shape[3],
         height=images.shape[1],
@@ -50,10 +56,17 @@ def _store(session: Session, parsed: ParsedDataset, *, tenant_id: str | None, na
 
 
 def _stored_copy(session: Session, sha256: str) -> Dataset | None:
-    """A dataset already parsed from a file with these bytes (any tenant's: arrays are content)."""
-    return session.execute(
-        select(Dataset).where(Dataset.sha256 == sha256, Dataset.builtin.is_(False)).limit(1)
-    ).scalars().first()
+    """A dataset already parsed from a file with these bytes (any tenant's: arrays are content).
+
+    Its blobs are held (db.blobs.hold_blob) so a reclaim cannot delete them under the copy.
+    """
+    for known in session.execute(
+        select(Dataset).where(Dataset.sha256 == sha256, Dataset.builtin.is_(False),
+                              Dataset.images_blob.is_not(None), Dataset.targets_blob.is_not(None)).limit(4)
+    ).scalars():
+        if hold_blob(session, known.images_blob) and hold_blob(session, known.targets_blob):
+            return known
+    return None
 
 
 def create_dataset(session: Session, tenant_id: str, name: str, path: Path, filename: str) -> tuple[Dataset, bool]:
@@ -69,8 +82,12 @@ def create_dataset(session: Session, tenant_id: str, name: str, path: Path, file
     ).scalars().first()
     if same is not None:
         return same, False
+    # Refused before parsing when the tenant is already full; the exact check comes with the blobs' sizes.
+    check_storage(session, tenant_id, {})
     known = _stored_copy(session, sha256)
     if known is not None:
+        lock_tenant(session, tenant_id)
+        check_storage(session, tenant_id, _blob_sizes(session, known))
         dataset = Dataset(
             tenant_id=tenant_id, name=name, builtin=False, task=known.task, sha256=sha256,
             images_blob=known.images_blob, targets_blob=known.targets_blob,
@@ -85,6 +102,12 @@ def create_dataset(session: Session, tenant_id: str, name: str, path: Path, file
     except DatasetError as exc:
         raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
     return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256), True
+
+
+def _blob_sizes(session: Session, dataset: Dataset) -> dict[str, int]:
+    digests = [dataset.images_blob, dataset.targets_blob]
+    rows = session.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests))).all()
+    return {digest: size for digest, size in rows}
 
 
 def ensure_builtin_datasets(session: Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -17,12 +18,16 @@ from api.schemas import EvaluationCreate, EvaluationFilter
 from api.services.datasets import get_dataset
 from api.services.layers import check_layers_request, check_task, is_segmentation, segmentation_shift_page
 from api.services.models import get_model
+from api.services.quotas import check_queued, lock_tenant
 from api.services.webhooks import check_webhook_url
 from db import jobs
+from db.blobs import hold_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
+from shiftscore.settings import get_settings
+from worker.chunking import chunk_bounds
 from worker.engine.grid import Grid, GridError, build_grid, check_grid_fits
-from worker.queue import enqueue_evaluation
+from worker.queue import enqueue_chunk, enqueue_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +78,16 @@ def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
 
 
 def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: str | None) -> tuple[Evaluation, bool]:
-    """Persist a queued evaluation, then enqueue it; a repeated Idempotency-Key returns the first."""
+    """Persist a queued evaluation split into chunks, then one queue message per chunk.
+
+    A message only says "run the next chunk": workers pick chunks fairly between
+    tenants (db.jobs.claim_next_chunk). A repeated Idempotency-Key returns the first.
+    """
     request_sha = _digest(body.model_dump(mode="json"))
     if body.webhook_url:
         check_webhook_url(body.webhook_url)
     with session_scope() as session:
+        lock_tenant(session, tenant_id)
         if idempotency_key:
             existing = _by_idempotency_key(session, tenant_id, idempotency_key, request_sha)
             if existing is not None:
@@ -85,6 +95,11 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
         model = get_model(session, tenant_id, body.model_id)
         dataset = get_dataset(session, tenant_id, body.dataset_id)
         grid = _check_fit(body, model, dataset)
+        check_queued(session, tenant_id)
+        # The sweep will need these blobs: held until it is committed, so a reclaim sees it.
+        if not all(hold_blob(session, digest) for digest in (model.sha256, dataset.images_blob, dataset.targets_blob)):
+            raise Conflict("the model or dataset was deleted while this request ran; submit again with ones "
+                           "that exist (GET /v1/models, GET /v1/datasets)")
         num_samples = min(body.max_samples or dataset.num_samples, dataset.num_samples)
         request = _stored_request(body, dataset)
         evaluation = Evaluation(
@@ -115,9 +130,15 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             if existing is None:
                 raise
             return existing, False
+        split = partial(chunk_bounds, chunk_images=get_settings().chunk_images)
+        planned = jobs.plan_chunks(session, evaluation.id, split)
+        session.refresh(evaluation)
     try:
+        # The first message carries the evaluation's id: one id everywhere.
         enqueue_evaluation(evaluation.id)
-    except Exception:  # noqa: BLE001 — the row is committed; a later re-enqueue picks it up
+        for index in planned[1:]:
+            enqueue_chunk(evaluation.id, index)
+    except Exception:  # noqa: BLE001 — the rows are committed; the reconciler re-sends what is missing
         log.exception("could not enqueue evaluation %s; it stays queued", evaluation.id)
     return evaluation, True
 

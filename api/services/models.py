@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from api.errors import Conflict, NotFound, Unprocessable
 from api.pagination import paginate
 from api.schemas import ModelUpload
-from db.blobs import put_blob
+from api.services.quotas import check_storage, lock_tenant
+from db.blobs import put_blob, sha256_bytes
 from db.models import Model, utcnow
 from db.session import session_scope
 from worker.queue import enqueue_model_validation
@@ -56,15 +57,22 @@ def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Pa
             raise Unprocessable(str(exc)) from None
     elif upload.architecture:
         raise Unprocessable(f"'architecture' only applies to format 'state_dict', not '{upload.format}'")
+    data = path.read_bytes()
+    lock_tenant(session, tenant_id)
     fields = {
         "name": upload.name,
         "format": upload.format,
         "task": upload.task,
-        "sha256": put_blob(session, path.read_bytes()),
+        "sha256": sha256_bytes(data),
         "architecture": upload.architecture if upload.format == "state_dict" else None,
         "architecture_options": options,
         "input_spec": input_spec,
     }
+    existing = _same_upload(session, tenant_id, fields)
+    if existing is not None:
+        return existing, False
+    check_storage(session, tenant_id, {fields["sha256"]: len(data)})
+    put_blob(session, data)
     for _ in range(5):
         existing = _same_upload(session, tenant_id, fields)
         if existing is not None:
