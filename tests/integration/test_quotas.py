@@ -57,18 +57,19 @@ def assert_quota_refusal(response: requests.Response, setting: str) -> dict:
     return body
 
 
-def upload(client: ApiSession, path: Path) -> requests.Response:
+def upload(client: ApiSession, path: Path, name: str | None = None) -> requests.Response:
     with path.open("rb") as handle:
         return client.post("/v1/models", files={"file": handle},
-                           data={"name": path.stem, "format": "torchscript", "input": json.dumps(DIGITS_INPUT)})
+                           data={"name": name or path.stem, "format": "torchscript",
+                                 "input": json.dumps(DIGITS_INPUT)})
 
 
 def test_uploads_past_the_storage_quota_are_refused(stack, model_files, storage_quota, tmp_path):
     client = stack.session("storage")
     first = upload(client, model_files[0])
     assert first.status_code == 201, first.text
-    # The same bytes again are one blob: they count once.
-    assert upload(client, model_files[0]).status_code == 201
+    # The same bytes again, as another model, are one blob: they count once.
+    assert upload(client, model_files[0], name="copy").status_code == 201
     started = time.monotonic()
     refused = assert_quota_refusal(upload(client, model_files[1]), "SHIFTSCORE_QUOTA_STORAGE")
     assert time.monotonic() - started < 2
@@ -104,6 +105,12 @@ def test_sweeps_past_the_queued_quota_are_refused_and_one_runs_at_a_time(stack, 
             "max_samples": 900}
     ids = []
     for seed in range(3):
+        if seed == 2:  # two may wait (SHIFTSCORE_QUOTA_QUEUED=2): the third comes once the first has started
+            deadline = time.monotonic() + 60
+            while not stack.sql("SELECT count(*) FROM evaluations WHERE id = ANY(%s) AND status <> 'queued'",
+                                ids)[0][0]:
+                assert time.monotonic() < deadline, "no sweep started within 60 s"
+                time.sleep(0.05)
         response = client.post("/v1/evaluations", json={**body, "seed": seed})
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
