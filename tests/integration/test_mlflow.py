@@ -1,28 +1,34 @@
-"""Client.log_to_mlflow and `shiftscore eval --mlflow` against a real `mlflow server`, read back with MlflowClient."""
+"""Client.log_to_mlflow and `shiftscore eval --mlflow` against a real `mlflow server`, read back with MlflowClient.
+
+The server is the full `mlflow` from .venv-mlflow (scripts/test makes it), or the `mlflow` executable
+named by SHIFTSCORE_MLFLOW_SERVER; the tests themselves use the `mlflow-skinny` client of the test extra.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from shiftscore import Client
 from tests.integration.test_client import run_cli
+from tests.stack import ROOT
 from tests.models import DIGITS_INPUT
 
 pytestmark = pytest.mark.integration
-mlflow = pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
 
+SERVER = Path(os.environ.get("SHIFTSCORE_MLFLOW_SERVER", ROOT / ".venv-mlflow" / "bin" / "mlflow"))
 GRID = {"dx": [-1, 1], "dy": [-1, 0], "step": 1}
 ARTIFACTS = {"shiftscore/shifts.csv", "shiftscore/evaluation.json", "shiftscore/heatmap_accuracy.png",
              "shiftscore/heatmap_agreement.png"}
@@ -37,11 +43,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory) -> Iterator[str]:
     """A real MLflow tracking server: SQLite backend, artifacts proxied to a temp folder."""
+    assert SERVER.is_file(), (f"no MLflow server at {SERVER}: run scripts/test (it makes .venv-mlflow), "
+                              "or point SHIFTSCORE_MLFLOW_SERVER at an `mlflow` executable")
     home = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     log = (home / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        [str(SERVER), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=home)
     uri = f"http://127.0.0.1:{port}"
