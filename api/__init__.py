@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_auth(app)
     # Path parameters skip `parse`; PostgreSQL text cannot hold NUL, so refuse it here as a 400.
     app.before_request(lambda: reject_nul(request.view_args or {}, "path"))
-    for blueprint in (health.bp, datasets.bp, models.bp, evaluations.bp, docs.bp,
+    for blueprint in (health.bp, datasets.bp, models.bp, evaluations.bp, docs.bp, docs.swagger_ui,
                       pictures.bp, leaderboard.bp, metrics.bp, dashboard.bp, dashboard.root, tenant.bp):
         app.register_blueprint(blueprint)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

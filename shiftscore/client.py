@@ -10,6 +10,7 @@
     done = client.wait(evaluation["id"], progress=lambda e: print(e["progress"]))
     results = client.results(done["id"])                  # plain dicts and lists
     frame = results.shifts_frame()                        # a pandas DataFrame, if pandas is installed
+    run_id = client.log_to_mlflow(done)                   # to MLFLOW_TRACKING_URI; pip install 'shiftscore[mlflow]'
 """
 
 from __future__ import annotations
@@ -341,6 +342,20 @@ class Client:
     def report_html(self, evaluation_id: str) -> str:
         """The succeeded evaluation's report: one self-contained HTML document."""
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/report.html").text
+
+    def heatmap_png(self, evaluation_id: str, metric: str = "accuracy") -> bytes:
+        """The evaluation's heatmap over its grid as PNG bytes (`accuracy`, `agreement` or `both`)."""
+        return self._request("GET", f"/v1/evaluations/{evaluation_id}/heatmap.png", params={"metric": metric}).content
+
+    def log_to_mlflow(self, evaluation: Mapping[str, Any] | str) -> str:
+        """Log a succeeded evaluation to MLflow (MLFLOW_TRACKING_URI); returns the run id.
+
+        The summary becomes metrics, the sweep params, the per-shift CSV and heatmaps artifacts under
+        `shiftscore/`; an active run is reused, else a run is started and ended. Needs `shiftscore[mlflow]`.
+        """
+        from shiftscore.mlflow_logging import log_evaluation
+
+        return log_evaluation(self, evaluation)
 
     def classes(self, evaluation_id: str) -> list[Json]:
         """Every per-class row, by label (following the pages)."""

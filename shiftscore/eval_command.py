@@ -5,13 +5,15 @@ Exit codes:
     1  the sweep succeeded but a metric is below its --min-* threshold, or dropped from the
        --baseline by more than its --max-drop
     2  usage: bad flags, a missing file, no URL or token, a --baseline that does not exist or compare
-    3  the service refused a request (the problem's detail is printed) or could not be reached
+    3  the service refused a request (the problem's detail is printed) or could not be reached, or
+       --mlflow could not log the run
     4  the model is invalid, the sweep failed or was cancelled, or waiting timed out
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +21,7 @@ import time
 from typing import Any, TextIO
 
 from shiftscore import junit
+from shiftscore.mlflow_logging import log_evaluation, require_mlflow
 from shiftscore.client import (
     Client,
     Conflict,
@@ -99,6 +102,10 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                         help="exit 1 if METRIC fell more than X below the --baseline (flip_rate: rose more than X); "
                              "repeatable, e.g. --max-drop consistency=0.02 --max-drop worst_case_accuracy=0.05")
     parser.add_argument("--junit-xml", metavar="PATH", help="write the gates as JUnit XML, one test case each")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="log the summary (metrics), the sweep (params), the per-shift CSV and the heatmaps "
+                             "(artifacts) to MLFLOW_TRACKING_URI: the active run, else a new one; needs "
+                             "pip install 'shiftscore[mlflow]'")
     parser.add_argument("--url", help="service URL (default SHIFTSCORE_URL)")
     parser.add_argument("--token", help="bearer token (default SHIFTSCORE_TOKEN)")
     parser.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
@@ -166,6 +173,11 @@ def _check_usage(args: argparse.Namespace) -> None:
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"{flag} must be between 0 and 1, got {value}")
     max_drops(args)
+    if args.mlflow:
+        try:
+            require_mlflow()
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
     if bool(args.baseline) != bool(args.max_drop):
         raise UsageError("--baseline and --max-drop go together: --baseline EVAL_ID_OR_MODEL_NAME "
                          "--max-drop consistency=0.02")
@@ -337,8 +349,17 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"warning: {warning['detail']}", file=sys.stderr)
     if args.junit_xml:
         junit.write_gates(args.junit_xml, _junit_name(args), evaluation, gates, time.monotonic() - args.started)
+    run_id = None
+    if args.mlflow:
+        try:
+            # MLflow prints the run's link on stdout, which --json keeps for its one object.
+            with contextlib.redirect_stdout(sys.stderr):
+                run_id = log_evaluation(client, evaluation)
+        except Exception as exc:  # MLflow raises its own exceptions, and requests' for an unreachable server
+            return _fail(args, EXIT_SERVICE, f"could not log to MLflow: {exc}")
+        _say(args, f"logged to MLflow run {run_id}")
     if args.json:
-        print(json.dumps({"passed": passed, "exit_code": code, "evaluation": evaluation,
+        print(json.dumps({"passed": passed, "exit_code": code, "evaluation": evaluation, "mlflow_run_id": run_id,
                           "summary": evaluation["summary"], "gates": gates,
                           "warnings": evaluation.get("warnings") or []}))
     else:

@@ -1,7 +1,12 @@
-"""The OpenAPI document, its browsable docs and the metric definitions, served from this package (no CDN)."""
+"""The OpenAPI document, Swagger UI on it and the metric definitions, all served from here (no CDN).
+
+Swagger UI's files come from the `swagger-ui-py` package (its `static/` folder, Swagger UI 5.x);
+/docs loads its bundle and stylesheet; its LICENSE is at /docs/swagger-ui/LICENSE.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, send_from_directory
@@ -9,7 +14,11 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 from api.openapi import Reply, build_openapi, operation
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
+# Found without importing swagger_ui, whose package imports its web-framework handlers.
+SWAGGER_UI = Path(importlib.util.find_spec("swagger_ui").submodule_search_locations[0]) / "static"
 bp = Blueprint("docs", __name__, static_folder=str(STATIC), static_url_path="/docs/assets")
+# Static files, as Flask serves them: like /docs/assets, not operations of the API.
+swagger_ui = Blueprint("swagger_ui", __name__, static_folder=str(SWAGGER_UI), static_url_path="/docs/swagger-ui")
 
 
 @bp.get("/openapi.json")

@@ -45,7 +45,7 @@ def run_cli(pg_stack, token: str, *args: str, env: dict | None = None) -> subpro
 def test_client_and_cli_import_neither_torch_nor_flask():
     code = ("import sys, shiftscore, shiftscore.cli, shiftscore.eval_command\n"
             "from shiftscore import Client\n"
-            "heavy = {'torch', 'flask', 'pydantic', 'sqlalchemy', 'celery', 'numpy', 'pandas'} & set(sys.modules)\n"
+            "heavy = {'torch', 'flask', 'pydantic', 'sqlalchemy', 'celery', 'numpy', 'pandas', 'mlflow'} & set(sys.modules)\n"
             "print(sorted(heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from api import create_app
+from api.routes.docs import SWAGGER_UI
 from api.schemas import EvaluationCreate, EvaluationFilter, ModelUpload
 from shiftscore.settings import Settings
 from tests.stack import ROOT
@@ -95,15 +96,29 @@ def test_request_schemas_are_the_validating_classes(document):
 
 
 def test_docs_page_renders_offline(pg_stack, document):
+    # What the page runs in a browser is tested in test_docs_page.py; here: every asset is ours.
     page = requests.get(pg_stack.url + "/docs", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    policy = page.headers["Content-Security-Policy"]
+    for directive in ("default-src 'none'", "script-src 'self'", "connect-src 'self'", "style-src 'self'"):
+        assert directive in policy, policy  # the browser itself refuses any other origin
+    assert "<script>" not in page.text and "<style" not in page.text
     assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
-    assert {"docs/assets/docs.js", "docs/assets/docs.css", "openapi.json"} <= set(assets)
+    assert {"docs/swagger-ui/swagger-ui-bundle.js", "docs/swagger-ui/swagger-ui.css", "docs/assets/docs-init.js",
+            "docs/assets/docs.css", "openapi.json", "docs/metrics"} <= set(assets)
     for asset in assets:
         assert not re.match(r"^(https?:)?//", asset), f"/docs loads {asset} from outside"
         response = requests.get(f"{pg_stack.url}/{asset}", timeout=10)
         assert response.status_code == 200, asset
-        assert "http://" not in response.text and "https://" not in response.text, asset
+        if asset.startswith("docs/swagger-ui/"):
+            # Swagger UI as the pinned package ships it (its source mentions URLs it never loads here).
+            assert response.content == (SWAGGER_UI / asset.rsplit("/", 1)[1]).read_bytes(), asset
+        else:
+            assert "http://" not in response.text and "https://" not in response.text, asset
+    init = requests.get(pg_stack.url + "/docs/assets/docs-init.js", timeout=10).text
+    assert "validatorUrl: null" in init  # Swagger UI's default would fetch a badge from swagger.io
+    licence = requests.get(pg_stack.url + "/docs/swagger-ui/LICENSE", timeout=10)
+    assert licence.status_code == 200 and "Apache License" in licence.text
     assert "/v1/evaluations" in document["paths"]
 
 
@@ -146,7 +161,7 @@ SPEC_REFERENCE = re.compile(r"SPEC\.md|SPEC §|shared/SPEC|\bSPEC's\b")
 def test_docs_define_the_metrics_and_never_point_at_the_internal_spec(pg_stack, document):
     readme = (ROOT / "README.md").read_text()
     served = {path: requests.get(pg_stack.url + path, timeout=10) for path in (
-        "/openapi.json", "/docs", "/docs/assets/docs.js", "/docs/metrics", "/dashboard/", "/dashboard/leaderboard")}
+        "/openapi.json", "/docs", "/docs/assets/docs-init.js", "/docs/metrics", "/dashboard/", "/dashboard/leaderboard")}
     texts = {"README.md": readme, **{f"docs/{p.name}": p.read_text() for p in (ROOT / "docs").glob("*.md")},
              **{path: response.text for path, response in served.items()}}
     for name, text in texts.items():
