@@ -84,7 +84,9 @@ def cage_command(inputs: dict[str, Path], config: CageConfig, entry: tuple[str, 
     args = [
         "bwrap", "--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
         "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--clearenv", *_runtime_binds(),
+        # The private /tmp first: binds made after it stay visible even when the checkout,
+        # its virtual environment or the cache live under /tmp themselves.
+        "--clearenv", "--size", str(config.tmp_bytes), "--tmpfs", "/tmp", *_runtime_binds(),
         "--ro-bind", str(Path(worker.__file__).resolve().parent), f"{APP}/worker",
     ]
     for name, path in inputs.items():
@@ -93,7 +95,7 @@ def cage_command(inputs: dict[str, Path], config: CageConfig, entry: tuple[str, 
     if config.device != "cpu":
         for device in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0"):
             args += ["--dev-bind-try", f"/dev/{device}", f"/dev/{device}"]
-    args += ["--size", str(config.tmp_bytes), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", APP]
+    args += ["--remount-ro", "/", "--chdir", APP]
     for key, value in _environment(config).items():
         args += ["--setenv", key, value]
     return args + python
