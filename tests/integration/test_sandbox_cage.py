@@ -116,3 +116,15 @@ def test_cpu_beyond_the_limit_ends_the_process(tmp_path):
 def test_a_crash_inside_stays_inside(tmp_path, seccomp):
     _, done = attack(tmp_path, [], seccomp=seccomp, then="segfault")
     assert done.returncode == 128 + signal.SIGSEGV
+
+
+def test_a_checkout_under_tmp_stays_visible_to_the_cage(tmp_path):
+    """The private /tmp is mounted first: binds under /tmp (a checkout, a cache) are not hidden by it."""
+    inside = tmp_path / "model.bin"
+    inside.write_bytes(b"weights")
+    command = cage_command({"model": inside}, CONFIG, entry=("-c", "print(open('/in/model', 'rb').read())"))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "b'weights'" in done.stdout
+    binds = [i for i, arg in enumerate(command) if arg == "--ro-bind"]
+    assert command.index("--tmpfs") < min(binds)
