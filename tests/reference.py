@@ -101,3 +101,34 @@ def reference_crop(image: np.ndarray, dx: float, dy: float, height: int, width: 
         return image[:, y0 : y0 + height, x0 : x0 + width]
     moved = np.stack([ndimage.shift(channel, (dy, dx), order=1, mode="nearest") for channel in image])
     return moved[:, top : top + height, left : left + width].astype(image.dtype)
+
+
+def reference_view(image: np.ndarray, dx: float, dy: float, mode: str, fill: float) -> np.ndarray:
+    """One C×H×W float image shifted by the reference: exact moves, or scipy for sub-pixel shifts."""
+    if float(dx).is_integer() and float(dy).is_integer():
+        return reference_shift(image, int(dx), int(dy), mode, np.float32(fill))
+    return reference_subpixel(image, dx, dy, mode, fill).astype(np.float32)
+
+
+def reference_worst_shifts(model, images, labels, grid, mode, fill, mean, std):
+    """Per sample, the grid position whose softmax gives the true label the least probability.
+
+    Each image is shifted alone, the logits turned into probabilities by scipy in float64,
+    and the grid walked in order keeping the first strict minimum. Returns
+    [(position, prediction there, probability there)] per sample.
+    """
+    from scipy.special import softmax
+
+    floats = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+    out = []
+    for image, label in zip(floats, labels):
+        best = None
+        for j, (dx, dy) in enumerate(grid.shifts):
+            x = (reference_view(image, dx, dy, mode, fill) - np.float32(mean)) / np.float32(std)
+            with torch.no_grad():
+                logits = model(torch.from_numpy(x[None].astype(np.float32)))[0].double().numpy()
+            p = softmax(logits)[int(label)]
+            if best is None or p < best[2]:
+                best = (j, int(np.argmax(logits)), float(p))
+        out.append(best)
+    return out
