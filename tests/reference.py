@@ -111,24 +111,29 @@ def reference_view(image: np.ndarray, dx: float, dy: float, mode: str, fill: flo
 
 
 def reference_worst_shifts(model, images, labels, grid, mode, fill, mean, std):
-    """Per sample, the grid position whose softmax gives the true label the least probability.
+    """Per sample: its flips, and the grid position whose softmax gives the true label the least probability.
 
-    Each image is shifted alone, the logits turned into probabilities by scipy in float64,
-    and the grid walked in order keeping the first strict minimum. Returns
-    [(position, prediction there, probability there)] per sample.
+    Each image is shifted alone, its views run through the model as one batch, the logits
+    turned into probabilities by scipy in float64, and the grid walked in order keeping the
+    first strict minimum. Returns one dict per sample: position, prediction and probability
+    at that position, clean prediction, flips (shifts predicting other than the clean view).
     """
     from scipy.special import softmax
 
     floats = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
     out = []
     for image, label in zip(floats, labels):
-        best = None
-        for j, (dx, dy) in enumerate(grid.shifts):
-            x = (reference_view(image, dx, dy, mode, fill) - np.float32(mean)) / np.float32(std)
-            with torch.no_grad():
-                logits = model(torch.from_numpy(x[None].astype(np.float32)))[0].double().numpy()
-            p = softmax(logits)[int(label)]
-            if best is None or p < best[2]:
-                best = (j, int(np.argmax(logits)), float(p))
-        out.append(best)
+        views = [image] + [reference_view(image, dx, dy, mode, fill) for dx, dy in grid.shifts]
+        x = (np.stack(views) - np.float32(mean)) / np.float32(std)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x.astype(np.float32))).double().numpy()
+        clean, logits = int(np.argmax(logits[0])), logits[1:]
+        best = 0
+        for j in range(1, len(logits)):
+            if softmax(logits[j])[int(label)] < softmax(logits[best])[int(label)]:
+                best = j
+        predictions = logits.argmax(axis=1)
+        out.append({"position": best, "prediction": int(predictions[best]),
+                    "probability": float(softmax(logits[best])[int(label)]), "clean": clean,
+                    "flips": int((predictions != clean).sum())})
     return out

@@ -37,11 +37,14 @@ def test_the_worst_shift_is_where_the_true_label_is_least_probable(mode, shifts)
                       batch_size=7)
     expected = reference_worst_shifts(model, images, labels, grid, mode, 0.2, 0.1, 0.3)
     assert tally.examples, "the random model must flip some samples"
+    assert [e["index"] for e in tally.examples] == sorted((i for i, r in enumerate(expected) if r["flips"]),
+                                                           key=lambda i: (-expected[i]["flips"], i))
     for example in tally.examples:
-        position, prediction, probability = expected[example["index"]]
-        assert tuple(example["worst_shift"]) == grid.shifts[position], example
-        assert example["worst_prediction"] == prediction
-        assert example["worst_probability"] == pytest.approx(probability, rel=1e-5)
+        reference = expected[example["index"]]
+        assert tuple(example["worst_shift"]) == grid.shifts[reference["position"]], example
+        assert example["worst_prediction"] == reference["prediction"]
+        assert example["worst_probability"] == pytest.approx(reference["probability"], rel=1e-5)
+        assert (example["flips"], example["clean_prediction"]) == (reference["flips"], reference["clean"])
 
 
 class PixelClass(torch.nn.Module):
