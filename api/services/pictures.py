@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sqlalchemy.orm import Session
 
@@ -83,21 +85,35 @@ def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query:
     return pictures.sample_png(_image(session, dataset, index), query.scale)
 
 
-def example_view(session: Session, tenant_id: str, evaluation_id: str, index: int, query: ExampleViewQuery) -> bytes:
-    """Sample `index` of an evaluation's dataset as its model saw it under the query's shift, as a PNG.
+@dataclass(frozen=True)
+class SweepGeometry:
+    """What decides how an evaluation's model saw a sample under a shift."""
 
-    The evaluation's padding and fill, and for `crop` its model's input size, decide the pixels;
-    they are shown before normalization (what a person can look at), rounded to 0–255.
-    """
+    padding: str
+    fill: float
+    image_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+
+    @classmethod
+    def of(cls, session: Session, evaluation: Evaluation) -> "SweepGeometry":
+        model, dataset = session.get(Model, evaluation.model_id), session.get(Dataset, evaluation.dataset_id)
+        return cls(evaluation.request["padding"], float(evaluation.request["fill"]),
+                   (dataset.height, dataset.width), (model.input_spec["height"], model.input_spec["width"]))
+
+    def png(self, image: np.ndarray, dx: float, dy: float, zoom: int) -> bytes:
+        """The image under (dx, dy) before normalization, rounded to 0–255, as a PNG; 422 if the shift cannot apply."""
+        try:
+            check_grid_fits(build_grid({"list": [[dx, dy]]}), self.padding, self.image_hw, self.input_hw)
+        except GridError as exc:
+            raise Unprocessable(f"{exc}; choose dx and dy within that range",
+                                errors=[{"field": "dx", "message": str(exc)}]) from None
+        view = shifted_view(image, dx, dy, self.padding, self.fill, self.input_hw)
+        return pictures.sample_png(to_uint8(view), zoom)
+
+
+def example_view(session: Session, tenant_id: str, evaluation_id: str, index: int, query: ExampleViewQuery) -> bytes:
+    """Sample `index` of an evaluation's dataset as its model saw it under the query's shift, as a PNG."""
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
-    model, dataset = session.get(Model, evaluation.model_id), session.get(Dataset, evaluation.dataset_id)
-    padding, fill = evaluation.request["padding"], float(evaluation.request["fill"])
-    input_hw = (model.input_spec["height"], model.input_spec["width"])
-    try:
-        check_grid_fits(build_grid({"list": [[query.dx, query.dy]]}), padding, (dataset.height, dataset.width),
-                        input_hw)
-    except GridError as exc:
-        raise Unprocessable(f"{exc}; choose dx and dy within that range",
-                            errors=[{"field": "dx", "message": str(exc)}]) from None
-    view = shifted_view(_image(session, dataset, index), query.dx, query.dy, padding, fill, input_hw)
-    return pictures.sample_png(to_uint8(view), query.zoom)
+    geometry = SweepGeometry.of(session, evaluation)
+    return geometry.png(_image(session, session.get(Dataset, evaluation.dataset_id), index), query.dx, query.dy,
+                        query.zoom)
