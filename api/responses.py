@@ -141,8 +141,9 @@ class ExampleRow(BaseModel):
     index: int
     label: int
     clean_prediction: int
-    worst_prediction: int
-    worst_shift: tuple[float, float]
+    worst_prediction: int  # the prediction at worst_shift
+    worst_shift: tuple[float, float]  # the grid shift least confident in the true label
+    worst_probability: float | None  # the true label's probability there (null if stored before it was kept)
     flips: int
 
 

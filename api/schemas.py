@@ -242,6 +242,8 @@ def _message(item: Any) -> str:
         return item["msg"]
     if item["type"] == "extra_forbidden":
         return f"'{path[-1]}' does not belong here; {SHIFTS_SHAPES}, one or the other"
+    if item["type"] == "missing" and path[1:] in (["dx"], ["dy"]):
+        return f"{path[1]} is missing; {SHIFTS_SHAPES}"
     pair = item["type"] in ("too_long", "too_short", "tuple_type")
     if pair and path[1:] in (["dx"], ["dy"]):
         return f"{path[1]} must be [min, max], two numbers"

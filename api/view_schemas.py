@@ -33,6 +33,18 @@ class SampleQuery(Strict):
     scale: int = Field(default=1, ge=1, le=32)
 
 
+class ExampleViewQuery(Strict):
+    """GET /v1/evaluations/{id}/examples/{index}.png: one sample as the model saw it under a transform.
+
+    Each axis of the transform is one query parameter, absent meaning the identity, so an
+    axis added later is one more field here. `zoom` only enlarges the picture (hard pixels).
+    """
+
+    dx: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move right by dx pixels")
+    dy: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move down by dy pixels")
+    zoom: int = Field(default=1, ge=1, le=32, description="draw each pixel as a zoom×zoom square")
+
+
 class LeaderboardQuery(Strict):
     """GET /v1/leaderboard: one ranking per sweep of the dataset, or only the sweep `sweep_key`."""
 

@@ -385,6 +385,7 @@ def finish_evaluation(
             worst_prediction=e["worst_prediction"],
             worst_dx=e["worst_shift"][0],
             worst_dy=e["worst_shift"][1],
+            worst_probability=e["worst_probability"],
             flips=e["flips"],
         )
         for rank, e in enumerate(examples)

@@ -222,6 +222,8 @@ class ExampleResult(Base):
     worst_prediction: Mapped[int] = mapped_column(Integer)
     worst_dx: Mapped[float] = mapped_column(Float)
     worst_dy: Mapped[float] = mapped_column(Float)
+    # The true label's probability at the worst shift; null for evaluations recorded before it was kept.
+    worst_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
     flips: Mapped[int] = mapped_column(Integer)
 
 

@@ -93,7 +93,8 @@ def classes(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/examples")
-@operation("The samples that break most easily (the 100 most fragile are kept), a page at a time",
+@operation("The samples that break most easily, each at the shift least confident in its label "
+           "(the 1,000 most fragile are kept), a page at a time",
            query=ExamplesQuery,
            responses={200: Reply("most flips first", responses.ExampleRows), 409: "not succeeded yet"})
 def examples(evaluation_id: str):

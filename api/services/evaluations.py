@@ -277,7 +277,7 @@ def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: in
     return [
         {"index": r.sample_index, "label": r.label, "clean_prediction": r.clean_prediction,
          "worst_prediction": r.worst_prediction, "worst_shift": [_plain(r.worst_dx), _plain(r.worst_dy)],
-         "flips": r.flips}
+         "worst_probability": r.worst_probability, "flips": r.flips}
         for r in rows
     ], next_cursor
 
