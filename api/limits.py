@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
-from shiftscore.settings import Settings
+from core.settings import Settings
 
 MULTIPART = "multipart/form-data"
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from api.errors import BadRequest
-from worker.engine.grid import MAX_SHIFTS
+from core.grid import MAX_SHIFTS
 
 Padding = Literal["zeros", "circular", "reflect", "edge", "crop"]
 ModelFormat = Literal["torchscript", "exported", "state_dict", "onnx"]

@@ -18,17 +18,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from core.chunking import chunk_bounds
+from core.grid import Grid, build_grid
+from core.queue import enqueue_chunk
+from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
-from shiftscore.settings import Settings, get_settings
 from worker import profiles
-from worker.chunking import chunk_bounds
-from worker.engine.grid import Grid, build_grid
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.tally import Tally
-from worker.queue import enqueue_chunk
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain

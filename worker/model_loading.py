@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker import architecture_catalog, architectures, model_archives
+from core import architecture_catalog
+from worker import architectures, model_archives
 
 FORMATS = ("torchscript", "exported", "state_dict", "onnx")
 TASKS = ("classification", "segmentation")

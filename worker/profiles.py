@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.grid import Grid
 from db import jobs
 from db.profiles import record_layer_profile, record_segmentation_shifts
 from db.session import session_scope
-from worker.engine.grid import Grid
 from worker.engine.layers import LayerTally, profile_rows
 from worker.engine.segmentation import SegmentationTally, segmentation_rows, segmentation_summary
 

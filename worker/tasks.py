@@ -8,10 +8,7 @@ import socket
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from db import webhooks
-from db.session import dispose_engine
-from shiftscore.settings import get_settings
-from worker.celery_app import (
+from core.celery_app import (
     DELIVER_WEBHOOK,
     ENQUEUE_WEBHOOKS,
     RECONCILE,
@@ -20,6 +17,9 @@ from worker.celery_app import (
     VALIDATE_MODEL,
     get_celery,
 )
+from core.settings import get_settings
+from db import webhooks
+from db.session import dispose_engine
 from worker.webhooks import DeliveryFailed, deliver, enqueue_due_webhooks
 
 app = get_celery()

@@ -13,11 +13,11 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from core.settings import get_settings
 from db import jobs
 from db.blobs import blob_path
 from db.models import Model
 from db.session import session_scope
-from shiftscore.settings import get_settings
 from worker.evaluations import Heartbeat, cache_dir, model_fields
 from worker.sandbox.cage import Cage, CageFailure
 from worker.sandbox.failures import explain

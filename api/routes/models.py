@@ -11,8 +11,8 @@ from api.schemas import NameFilter, ModelUpload, json_field, parse
 from api.serializers import model_json
 from api.services import models
 from api.uploads import form_fields, uploaded_file
+from core.architecture_catalog import describe
 from db.session import session_scope
-from worker.architecture_catalog import describe
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 

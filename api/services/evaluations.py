@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.app_settings import current_settings
 from api.errors import Conflict, NotFound, Unprocessable
 from api.pagination import paginate, paginate_by_key
 from api.schemas import EvaluationCreate, EvaluationFilter
@@ -20,14 +21,13 @@ from api.services.layers import check_layers_request, check_task, is_segmentatio
 from api.services.models import get_model
 from api.services.quotas import check_queued, lock_tenant
 from api.services.webhooks import check_webhook_url
+from core.chunking import chunk_bounds
+from core.grid import Grid, GridError, build_grid, check_grid_fits
+from core.queue import enqueue_chunk, enqueue_evaluation
 from db import jobs
 from db.blobs import hold_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
-from shiftscore.settings import get_settings
-from worker.chunking import chunk_bounds
-from worker.engine.grid import Grid, GridError, build_grid, check_grid_fits
-from worker.queue import enqueue_chunk, enqueue_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             if existing is None:
                 raise
             return existing, False
-        split = partial(chunk_bounds, chunk_images=get_settings().chunk_images)
+        split = partial(chunk_bounds, chunk_images=current_settings().chunk_images)
         planned = jobs.plan_chunks(session, evaluation.id, split)
         session.refresh(evaluation)
     try:

@@ -6,13 +6,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from api import pictures
+from api.app_settings import current_settings
 from api.errors import NotFound, Unprocessable
-from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
 from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, shift_results
+from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
-from shiftscore.settings import get_settings
 
 
 def _names(session: Session, evaluation: Evaluation) -> tuple[str, str]:
@@ -73,6 +73,6 @@ def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query:
     if not 0 <= index < dataset.num_samples:
         raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
     # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
-    path = blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache")
+    path = blob_path(session, dataset.images_blob, current_settings().storage_dir / "cache")
     images = np.load(path, mmap_mode="r")
     return pictures.sample_png(np.asarray(images[index]), query.scale)

@@ -11,6 +11,7 @@ from flask import render_template
 from sqlalchemy.orm import Session
 
 from api import pictures
+from api.app_settings import current_settings
 from api.serializers import dataset_json, iso, model_json
 from api.services import pictures as picture_service
 from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
@@ -18,7 +19,6 @@ from api.services.layers import is_segmentation
 from api.view_schemas import HeatmapQuery
 from db.blobs import blob_path
 from db.models import Dataset, Model
-from shiftscore.settings import get_settings
 
 # Fragile samples shown as pictures; each is a few hundred bytes for small images.
 REPORT_EXAMPLES = 24
@@ -35,7 +35,7 @@ def data_uri(png: bytes) -> str:
 def _samples(session: Session, dataset: Dataset | None, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if dataset is None or not examples:
         return examples
-    images = np.load(blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache"), mmap_mode="r")
+    images = np.load(blob_path(session, dataset.images_blob, current_settings().storage_dir / "cache"), mmap_mode="r")
     scale = max(1, min(SAMPLE_SCALE, 128 // max(dataset.height, dataset.width, 1)))
     return [{**example, "picture": data_uri(pictures.sample_png(np.asarray(images[example["index"]]), scale))}
             for example in examples]

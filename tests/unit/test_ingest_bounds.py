@@ -28,7 +28,7 @@ SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
 
-from shiftscore.settings import get_settings
+from core.settings import get_settings
 from db.migrate import upgrade
 
 upgrade(get_settings().database_url)
@@ -107,7 +107,7 @@ import json, sys
 from pathlib import Path
 
 from api.ingest import parse_dataset, upload_limits
-from shiftscore.settings import get_settings
+from core.settings import get_settings
 
 
 def status(key):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.grid import Grid
+from core.grid import Grid
 
 
 class SweepError(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.engine.grid import Grid
+from core.grid import Grid
 
 MAX_EXAMPLES = 100
 

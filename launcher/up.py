@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from shiftscore.settings import Settings, reset_settings
+from core.settings import Settings, reset_settings
 
 
 def _wait_healthy(url: str, processes: list[subprocess.Popen], timeout: float = 60.0) -> None:
@@ -31,8 +31,8 @@ def run_up(settings: Settings) -> int:
     """Migrate, start the broker, the API and a worker; print the URL and a token; wait."""
     from db.session import session_scope
     from db.tenants import create_token
-    from shiftscore.server import check_sandbox, migrate
-    from worker.broker import celery_broker_url
+    from launcher.processes import check_sandbox, migrate
+    from core.broker import celery_broker_url
 
     env = dict(os.environ)
     env["SHIFTSCORE_HOME"] = str(settings.home)
