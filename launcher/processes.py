@@ -129,15 +129,13 @@ def run_scheduler(settings: Settings) -> None:
     import signal
     import threading
 
-    from core.celery_app import PERIODIC
-    from worker.scheduler import run_periodic
-    from worker.tasks import app
+    from worker.scheduler import periodic_tasks, run_periodic
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    tasks = {name: (app.tasks[name].run, seconds) for name, seconds in PERIODIC.items()}
+    tasks = periodic_tasks()
     logging.getLogger("shiftscore.scheduler").info("running %s", ", ".join(tasks) or "no periodic tasks")
     # The scheduler only queues deliveries; this child sends them, so every launcher
     # (scripts/up, docker-compose, the tests) that starts a scheduler delivers webhooks.

@@ -50,10 +50,6 @@ class Job:
     targets_path: Path
 
 
-def cache_dir(settings: Settings) -> Path:
-    return settings.storage_dir / "cache"
-
-
 def model_fields(model: Model) -> dict[str, Any]:
     """What the sandbox needs to load a model (no ids or paths of the worker's)."""
     return {
@@ -229,7 +225,7 @@ def _prune_cache_now_and_then(settings: Settings) -> None:
     _last_prune = time.monotonic()
     try:
         with session_scope() as session:
-            removed = prune_cache(session, cache_dir(settings))
+            removed = prune_cache(session, settings.cache_dir)
     except Exception:  # noqa: BLE001 — a cache left as it was costs disk, not results
         log.warning("could not prune the blob cache", exc_info=True)
         return
@@ -249,7 +245,7 @@ def _load(claimed: jobs.ClaimedChunk, settings: Settings) -> Job:
         evaluation = session.get(Evaluation, claimed.claim.evaluation_id)
         model = session.get(Model, evaluation.model_id)
         dataset = session.get(Dataset, evaluation.dataset_id)
-        cache = cache_dir(settings)
+        cache = settings.cache_dir
         return Job(
             claimed=claimed,
             request=evaluation.request,

@@ -1,12 +1,12 @@
-"""/metrics for Prometheus: aggregate counts over every tenant, behind the metrics token (api.auth)."""
+"""/metrics for Prometheus: aggregate counts over every tenant, behind the metrics token (api.http.auth)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from api.app_settings import current_settings
-from api.auth import check_metrics_access
-from api.openapi import Reply, operation
+from api.http.auth import check_metrics_access
+from api.http.openapi import Reply, operation
+from api.http.settings import current_settings
 from api.services.metrics import exposition
 
 bp = Blueprint("metrics", __name__)

@@ -8,10 +8,10 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from api.app_settings import current_settings
-from api.errors import NotFound, Unprocessable
-from api.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
-from api.pagination import paginate
+from api.http.errors import NotFound, Unprocessable
+from api.http.pagination import paginate
+from api.http.settings import current_settings
+from api.services.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
 from api.services.quotas import check_storage, lock_tenant
 from db.blobs import hold_blob, put_blob, sha256_bytes
 from db.models import Blob, Dataset, utcnow

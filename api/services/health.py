@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from api.app_settings import current_settings
+from api.http.settings import current_settings
 from core.broker import redis_client_url
 from core.sandbox_status import reported_failures
 from db.session import session_scope

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.app_settings import current_settings
+from api.http.settings import current_settings
 from core.broker import redis_client_url
 from core.celery_app import QUEUE
 from db.models import Evaluation, Model

@@ -9,9 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, Unprocessable
-from api.pagination import paginate
-from api.schemas import ModelUpload
+from api.http.errors import Conflict, NotFound, Unprocessable
+from api.http.pagination import paginate
+from api.http.schemas import ModelUpload
 from api.services.quotas import check_storage, lock_tenant
 from core.architecture_catalog import ArchitectureError, validate_options
 from core.queue import enqueue_model_validation

@@ -1,16 +1,16 @@
-"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.pictures."""
+"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.services.drawing."""
 
 from __future__ import annotations
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from api import pictures
-from api.app_settings import current_settings
-from api.errors import NotFound, Unprocessable
+from api.http.errors import NotFound, Unprocessable
+from api.http.schemas import CompareQuery, HeatmapQuery, SampleQuery
+from api.http.settings import current_settings
+from api.services import drawing
 from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, shift_results
-from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 
@@ -39,7 +39,7 @@ def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: Heatmap
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
     model, dataset = _names(session, evaluation)
     metrics = ["accuracy", "agreement"] if query.metric == "both" else [query.metric]
-    return pictures.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
+    return drawing.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
                                 full_scale=query.scale == "full")
 
 
@@ -56,7 +56,7 @@ def comparison(session: Session, tenant_id: str, evaluation_id: str, query: Comp
     datasets = dataset_a if dataset_a == dataset_b else f"{dataset_a} / {dataset_b}"
     same_sweep = "same sweep" if first.sweep_key == second.sweep_key else "different sweeps"
     try:
-        return pictures.comparison_png(
+        return drawing.comparison_png(
             rows, other_rows, query.metric, labels=(label_a, label_b),
             title=f"{query.metric}: {label_a} vs {label_b}",
             subtitle=f"{datasets} · {same_sweep} · padding {first.request.get('padding')} vs "
@@ -73,6 +73,6 @@ def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query:
     if not 0 <= index < dataset.num_samples:
         raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
     # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
-    path = blob_path(session, dataset.images_blob, current_settings().storage_dir / "cache")
+    path = blob_path(session, dataset.images_blob, current_settings().cache_dir)
     images = np.load(path, mmap_mode="r")
-    return pictures.sample_png(np.asarray(images[index]), query.scale)
+    return drawing.sample_png(np.asarray(images[index]), query.scale)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.app_settings import current_settings
-from api.errors import TooManyRequests
+from api.http.errors import TooManyRequests
+from api.http.settings import current_settings
 from db.blobs import stored_bytes
 from db.models import Evaluation, Tenant
 

@@ -10,13 +10,13 @@ import numpy as np
 from flask import render_template
 from sqlalchemy.orm import Session
 
-from api import pictures
-from api.app_settings import current_settings
-from api.serializers import dataset_json, iso, model_json
+from api.http.schemas import HeatmapQuery
+from api.http.serializers import dataset_json, iso, model_json
+from api.http.settings import current_settings
+from api.services import drawing
 from api.services import pictures as picture_service
 from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
 from api.services.layers import is_segmentation
-from api.view_schemas import HeatmapQuery
 from db.blobs import blob_path
 from db.models import Dataset, Model
 
@@ -35,9 +35,9 @@ def data_uri(png: bytes) -> str:
 def _samples(session: Session, dataset: Dataset | None, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if dataset is None or not examples:
         return examples
-    images = np.load(blob_path(session, dataset.images_blob, current_settings().storage_dir / "cache"), mmap_mode="r")
+    images = np.load(blob_path(session, dataset.images_blob, current_settings().cache_dir), mmap_mode="r")
     scale = max(1, min(SAMPLE_SCALE, 128 // max(dataset.height, dataset.width, 1)))
-    return [{**example, "picture": data_uri(pictures.sample_png(np.asarray(images[example["index"]]), scale))}
+    return [{**example, "picture": data_uri(drawing.sample_png(np.asarray(images[example["index"]]), scale))}
             for example in examples]
 
 

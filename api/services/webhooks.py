@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from api.app_settings import current_settings
-from api.errors import Unprocessable
+from api.http.errors import Unprocessable
+from api.http.settings import current_settings
 from core.egress import EgressRefused, resolve
 
 

@@ -32,7 +32,7 @@ from core.settings import get_settings
 from db.migrate import upgrade
 
 upgrade(get_settings().database_url)
-from api.errors import Unprocessable
+from api.http.errors import Unprocessable
 from api.services.datasets import create_dataset
 from db.models import Tenant
 from db.session import session_scope
@@ -106,7 +106,7 @@ PARSE_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
-from api.ingest import parse_dataset, upload_limits
+from api.services.ingest import parse_dataset, upload_limits
 from core.settings import get_settings
 
 

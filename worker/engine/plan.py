@@ -27,17 +27,6 @@ class SweepPlan:
     std: tuple[float, ...]
     input_hw: tuple[int, int]
 
-    @property
-    def evaluated_shifts(self) -> list[tuple[float, float]]:
-        """The grid's shifts, then the reference (0, 0) when the grid lacks it."""
-        shifts = list(self.grid.shifts)
-        if (0.0, 0.0) not in self.grid.shifts:
-            shifts.append((0.0, 0.0))
-        return shifts
-
-    def images_per_sample(self) -> int:
-        return len(self.evaluated_shifts)
-
 
 def sample_indices(num_samples: int, max_samples: int | None, seed: int) -> np.ndarray:
     """All samples, or SPEC §1's seeded subset sorted(default_rng(seed).permutation(N)[:m])."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-PADDING_MODES = ("zeros", "circular", "reflect", "edge", "crop")
 _NUMPY_PAD = {"circular": "wrap", "reflect": "reflect", "edge": "edge"}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from core.grid import Grid
+from core.grid import Grid, plain
 
 MAX_EXAMPLES = 100
 
@@ -104,7 +104,7 @@ class Tally:
                 "label": int(labels[row]),
                 "clean_prediction": int(clean[row]),
                 "worst_prediction": worst,
-                "worst_shift": [_plain(dx), _plain(dy)],
+                "worst_shift": [plain(dx), plain(dy)],
                 "flips": int(flips[row]),
             })
         self.examples.sort(key=lambda e: (-e["flips"], e["index"]))
@@ -172,7 +172,3 @@ def _sum_of_squared_class_counts(predictions: np.ndarray) -> int:
     keys = predictions.astype(np.int64) + width * np.arange(rows, dtype=np.int64)[:, None]
     counts = np.bincount(keys.ravel(), minlength=rows * width)
     return int((counts * counts).sum())
-
-
-def _plain(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value

@@ -63,10 +63,6 @@ class TooManyRequests(Problem):
         self.retry_after = retry_after
 
 
-class ServiceUnavailable(Problem):
-    status, title, type = 503, "Service unavailable", "/problems/unavailable"
-
-
 def problem_response(status: int, title: str, detail: str, type: str = "about:blank",
                      errors: list[dict[str, Any]] | None = None) -> Response:
     body: dict[str, Any] = {"type": type, "title": title, "status": status, "detail": detail}
@@ -90,9 +86,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http(error: HTTPException) -> Response:
         detail = error.description or error.name
         if error.code == 413:
-            # Imported here: api.uploads imports this module.
-            from api.limits import too_large_detail
-            from api.uploads import discard_unread_body
+            # Imported here: api.http.uploads imports this module.
+            from api.http.limits import too_large_detail
+            from api.http.uploads import discard_unread_body
 
             detail = too_large_detail()
             discard_unread_body(request.max_content_length or 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import request
 
-from api.errors import BadRequest
+from api.http.errors import BadRequest
 
 
 def form_fields(file_field: str = "file") -> dict[str, str]:

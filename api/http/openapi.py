@@ -2,7 +2,7 @@
 
 Registering a route takes one decorator, placed under the blueprint's route decorator::
 
-    from api.openapi import operation
+    from api.http.openapi import operation
 
     @bp.get("/<evaluation_id>/heatmap.png")
     @operation("Accuracy over the grid as a picture", query=HeatmapQuery,
@@ -10,7 +10,7 @@ Registering a route takes one decorator, placed under the blueprint's route deco
     def heatmap(evaluation_id: str): ...
 
 `body` names the JSON request schema, `form` the multipart fields (with `files` for the file
-parts), `query` the query-string schema — the same classes the route passes to `api.schemas.parse`,
+parts), `query` the query-string schema — the same classes the route passes to `api.http.schemas.parse`,
 so the document cannot drift from what the API accepts. `responses` maps a status to a description
 (an error status is answered as problem+json) or to a `Reply` with a response schema or media type.
 Every `/v1` route also gets bearer auth and its 401; a path parameter adds a 404, a body, form or
