@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from core.chunking import chunk_bounds
-from core.grid import Grid, build_grid
+from core.grid import build_grid
 from core.queue import enqueue_chunk
 from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
-from worker import profiles
-from worker.engine.metrics import class_rows, shift_rows, summary
-from worker.engine.tally import Tally
+from worker import completion
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain
@@ -296,12 +294,10 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     chunk_tally = result.get("tally")
     try:
         results.check_chunk_tally(chunk_tally, task, grid.size, claimed.stop - claimed.start,
-                                  bool(job.request.get(profiles.LAYERS)))
+                                  bool(job.request.get(completion.LAYERS)))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    complete = profiles.complete_segmentation_chunk if task == "segmentation" else _complete_classification_chunk
-    # Safe to repeat: a chunk already done answers LostClaim, and the evaluation finishes in the same commit.
-    retrying(partial(complete, claimed, chunk_tally, reporter.high_water, grid))
+    retrying(partial(completion.complete_chunk, task, claimed, chunk_tally, reporter.high_water, grid))
 
 
 def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:
@@ -325,25 +321,3 @@ def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: di
     elif event != "alive":
         raise CageFailure("protocol", "the sandbox sent a message nobody asked for")
 
-
-def _complete_classification_chunk(
-    claimed: jobs.ClaimedChunk, chunk_tally: dict[str, Any], high_water: int, grid: Grid
-) -> None:
-    with session_scope() as session:
-        tallies = jobs.complete_chunk(session, claimed.claim, chunk_tally, high_water, claimed.total, claimed.stop)
-        if tallies is None:
-            return
-        merged = merge_tallies(tallies)
-        if jobs.finish_evaluation(
-            session, claimed.claim.evaluation_id, summary(merged, grid), shift_rows(merged, grid),
-            class_rows(merged, grid), merged.examples,
-        ):
-            profiles.record_layers(session, claimed.claim.evaluation_id, tallies, grid)
-
-
-def merge_tallies(tallies: list[dict[str, Any]]) -> Tally:
-    """One tally from the chunks' tallies (integer counts: the order cannot change the sum)."""
-    merged = Tally.from_json(tallies[0])
-    for data in tallies[1:]:
-        merged.merge(Tally.from_json(data))
-    return merged

@@ -188,8 +188,8 @@ def _undocumented(view: Callable[..., Any]) -> Operation:
     return Operation(summary, responses={200: Reply("success")})
 
 
-def build_openapi(app: Flask) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route of `app` (the static files aside)."""
+def _routes(app: Flask) -> list[tuple[Any, Any, bool]]:
+    """(rule, operation, undocumented) of every route to document: decorated ones and every /v1 route."""
     entries = []
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, sorted(r.methods or ()))):
         if rule.endpoint.rsplit(".", 1)[-1] == "static":  # static files, the app's or a blueprint's
@@ -199,6 +199,12 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         if op is None and not rule.rule.startswith("/v1"):
             continue
         entries.append((rule, op or _undocumented(view), op is None))
+    return entries
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route of `app` (the static files aside)."""
+    entries = _routes(app)
     refs, schemas = _collect_models([op for _, op, _ in entries])
     schemas["Problem"] = PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}

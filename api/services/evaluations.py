@@ -69,6 +69,28 @@ def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
     return request
 
 
+def _queued_evaluation(tenant_id: str, body: EvaluationCreate, model: Model, dataset: Dataset, grid: Grid,
+                       request_sha: str, idempotency_key: str | None) -> Evaluation:
+    """The new row, with what the planner and workers read from it fixed now: samples and views per sample."""
+    num_samples = samples_swept(dataset.num_samples, body.max_samples)
+    request = _stored_request(body, dataset)
+    return Evaluation(
+        tenant_id=tenant_id,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        request=request,
+        sweep_key=sweep_key(dataset.id, grid, request),
+        tags=body.tags,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha,
+        status="queued",
+        num_samples=num_samples,
+        images_per_sample=grid.images_per_sample,
+        progress_total=num_samples * grid.images_per_sample,
+        webhook_url=body.webhook_url,
+    )
+
+
 def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: str | None) -> tuple[Evaluation, bool]:
     """Persist a queued evaluation split into chunks, then one queue message per chunk.
 
@@ -89,26 +111,10 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
         grid = _check_fit(body, model, dataset)
         check_queued(session, tenant_id)
         # The sweep will need these blobs: held until it is committed, so a reclaim sees it.
-        if not all(hold_blob(session, digest) for digest in (model.sha256, dataset.images_blob, dataset.targets_blob)):
+        if not all(hold_blob(session, blob) for blob in (model.sha256, dataset.images_blob, dataset.targets_blob)):
             raise Conflict("the model or dataset was deleted while this request ran; submit again with ones "
                            "that exist (GET /v1/models, GET /v1/datasets)")
-        num_samples = samples_swept(dataset.num_samples, body.max_samples)
-        request = _stored_request(body, dataset)
-        evaluation = Evaluation(
-            tenant_id=tenant_id,
-            model_id=model.id,
-            dataset_id=dataset.id,
-            request=request,
-            sweep_key=sweep_key(dataset.id, grid, request),
-            tags=body.tags,
-            idempotency_key=idempotency_key,
-            request_sha256=request_sha,
-            status="queued",
-            num_samples=num_samples,
-            images_per_sample=grid.images_per_sample,
-            progress_total=num_samples * grid.images_per_sample,
-            webhook_url=body.webhook_url,
-        )
+        evaluation = _queued_evaluation(tenant_id, body, model, dataset, grid, request_sha, idempotency_key)
         session.add(evaluation)
         try:
             session.flush()
