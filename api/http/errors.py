@@ -8,6 +8,8 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from api.http.limits import discard_unread_body, too_large_detail
+
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
@@ -86,10 +88,6 @@ def register_error_handlers(app: Flask) -> None:
     def _http(error: HTTPException) -> Response:
         detail = error.description or error.name
         if error.code == 413:
-            # Imported here: api.http.uploads imports this module.
-            from api.http.limits import too_large_detail
-            from api.http.uploads import discard_unread_body
-
             detail = too_large_detail()
             discard_unread_body(request.max_content_length or 0)
         response = problem_response(error.code or 500, error.name, detail)
