@@ -17,12 +17,10 @@ from core.grid import Grid
 from db import jobs
 from db.profiles import record_layer_profile, record_segmentation_shifts
 from db.session import session_scope
-from worker.engine.layers import LayerTally, profile_rows
+from worker.engine.layers import LAYERS, LayerTally, profile_rows
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.segmentation import SegmentationTally, segmentation_rows, segmentation_summary
 from worker.engine.tally import Tally
-
-LAYERS = "layers"
 
 
 class Mergeable(Protocol):

@@ -27,6 +27,7 @@ from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
+from worker.engine.layers import LAYERS
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain
@@ -294,7 +295,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     chunk_tally = result.get("tally")
     try:
         results.check_chunk_tally(chunk_tally, task, grid.size, claimed.stop - claimed.start,
-                                  bool(job.request.get(completion.LAYERS)))
+                                  bool(job.request.get(LAYERS)))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
     retrying(partial(completion.complete_chunk, task, claimed, chunk_tally, reporter.high_water, grid))
