@@ -143,6 +143,10 @@ class Evaluation(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued")
     progress_done: Mapped[int] = mapped_column(BigInteger, default=0)
     progress_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Fixed at submission, so the planner and workers never re-derive them: samples swept
+    # (max_samples of the dataset, or all) and views per sample (the grid and the reference).
+    num_samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    images_per_sample: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     error_type: Mapped[str | None] = mapped_column(String(100))

@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from core.sweep import PADDING_MODES
 from shiftscore import junit
-from shiftscore.mlflow_logging import log_evaluation, require_mlflow
 from shiftscore.client import (
     Client,
     Conflict,
@@ -32,6 +32,7 @@ from shiftscore.client import (
     ShiftScoreError,
     WaitTimeout,
 )
+from shiftscore.mlflow_logging import log_evaluation, require_mlflow
 
 EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_USAGE, EXIT_SERVICE, EXIT_FAILED = 0, 1, 2, 3, 4
 # (metric in the summary, argparse destination, flag)
@@ -88,7 +89,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dy", help="dy range MIN:MAX (--dy -2:2 or --dy=-2:2), overrides --max-shift")
     parser.add_argument("--step", type=float, default=1.0, help="grid step (0.5 for sub-pixel shifts)")
     parser.add_argument("--shift-list", help='explicit shifts "DX,DY;DX,DY;…" (e.g. --shift-list "-1,0;1,0")')
-    parser.add_argument("--padding", default="zeros", choices=["zeros", "circular", "reflect", "edge", "crop"])
+    parser.add_argument("--padding", default="zeros", choices=PADDING_MODES)
     parser.add_argument("--fill", type=float, help="fill value in [0, 1] for --padding zeros")
     parser.add_argument("--max-samples", type=int, help="evaluate a seeded random subset of this many samples")
     parser.add_argument("--seed", type=int, help="seed of the subset (default 0)")

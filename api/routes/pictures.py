@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from api.auth import current_tenant
-from api.openapi import Reply, operation
-from api.view_schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
-from api.schemas import parse
+from api.http.auth import current_tenant
+from api.http.openapi import Reply, operation
+from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
+from api.http.schemas import parse
 from api.services import pictures
 from db.session import session_scope
 

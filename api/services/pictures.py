@@ -1,4 +1,4 @@
-"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.pictures."""
+"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.services.drawing."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from api import pictures
-from api.errors import NotFound, Unprocessable
-from api.view_schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
+from api.http.errors import NotFound, Unprocessable
+from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
+from api.http.settings import current_settings
+from api.services import drawing
 from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, shift_results
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
-from shiftscore.settings import get_settings
-from worker.engine.grid import GridError, build_grid, check_grid_fits
-from worker.engine.views import shifted_view, to_uint8
+from core.grid import GridError, build_grid, check_grid_fits
+from core.views import shifted_view, to_uint8
 
 
 def _names(session: Session, evaluation: Evaluation) -> tuple[str, str]:
@@ -43,7 +43,7 @@ def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: Heatmap
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
     model, dataset = _names(session, evaluation)
     metrics = ["accuracy", "agreement"] if query.metric == "both" else [query.metric]
-    return pictures.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
+    return drawing.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
                                 full_scale=query.scale == "full")
 
 
@@ -60,7 +60,7 @@ def comparison(session: Session, tenant_id: str, evaluation_id: str, query: Comp
     datasets = dataset_a if dataset_a == dataset_b else f"{dataset_a} / {dataset_b}"
     same_sweep = "same sweep" if first.sweep_key == second.sweep_key else "different sweeps"
     try:
-        return pictures.comparison_png(
+        return drawing.comparison_png(
             rows, other_rows, query.metric, labels=(label_a, label_b),
             title=f"{query.metric}: {label_a} vs {label_b}",
             subtitle=f"{datasets} · {same_sweep} · padding {first.request.get('padding')} vs "
@@ -75,14 +75,14 @@ def _image(session: Session, dataset: Dataset, index: int) -> np.ndarray:
     if not 0 <= index < dataset.num_samples:
         raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
     # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
-    path = blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache")
+    path = blob_path(session, dataset.images_blob, current_settings().cache_dir)
     return np.asarray(np.load(path, mmap_mode="r")[index])
 
 
 def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:
     """Image `index` of a dataset the tenant can see, as a PNG."""
     dataset = get_dataset(session, tenant_id, dataset_id)
-    return pictures.sample_png(_image(session, dataset, index), query.scale)
+    return drawing.sample_png(_image(session, dataset, index), query.scale)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class SweepGeometry:
             raise Unprocessable(f"{exc}; choose dx and dy within that range",
                                 errors=[{"field": "dx", "message": str(exc)}]) from None
         view = shifted_view(image, dx, dy, self.padding, self.fill, self.input_hw)
-        return pictures.sample_png(to_uint8(view), zoom)
+        return drawing.sample_png(to_uint8(view), zoom)
 
 
 def example_view(session: Session, tenant_id: str, evaluation_id: str, index: int, query: ExampleViewQuery) -> bytes:

@@ -10,15 +10,16 @@ import numpy as np
 from flask import render_template
 from sqlalchemy.orm import Session
 
-from api.serializers import dataset_json, iso, model_json
+from api.http.schemas import HeatmapQuery
+from api.http.serializers import dataset_json, iso, model_json
+from api.http.settings import current_settings
+from api.services import drawing
 from api.services import pictures as picture_service
 from api.services.pictures import SweepGeometry
 from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
 from api.services.layers import is_segmentation
-from api.view_schemas import HeatmapQuery
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
-from shiftscore.settings import get_settings
 
 # Fragile samples shown as pictures; each is a few hundred bytes for small images.
 REPORT_EXAMPLES = 24
@@ -37,7 +38,7 @@ def _samples(session: Session, evaluation: Evaluation, dataset: Dataset | None,
     """Each sample as the model saw it: unshifted, and at its worst shift."""
     if dataset is None or not examples:
         return examples
-    images = np.load(blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache"), mmap_mode="r")
+    images = np.load(blob_path(session, dataset.images_blob, current_settings().cache_dir), mmap_mode="r")
     geometry = SweepGeometry.of(session, evaluation)
     zoom = max(1, min(SAMPLE_SCALE, 64 // max(geometry.input_hw)))
 

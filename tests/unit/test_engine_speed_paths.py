@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.grid import build_grid
 from tests.reference import reference_shift, reference_subpixel
-from worker.engine.grid import build_grid
 from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.sweep import run_sweep
 

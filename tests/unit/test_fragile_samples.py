@@ -13,7 +13,7 @@ from worker.engine.plan import SweepPlan
 from worker.engine.shifting import make_canvas, to_float
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import MAX_EXAMPLES, Tally
-from worker.engine.views import shifted_view
+from core.views import shifted_view
 
 
 def tiny_model(classes: int = 5, seed: int = 3) -> torch.nn.Module:

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from worker.engine.grid import build_grid
+from core.grid import build_grid
 from worker.engine.tally import MAX_EXAMPLES, Tally
 from worker.sandbox import protocol, results
 

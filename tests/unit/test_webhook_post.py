@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from core.egress import Target
+from core.settings import Settings
 from db.webhooks import Delivery
-from shiftscore.egress import Target
-from shiftscore.settings import Settings
 from worker.webhooks import DeadlinePassed, _send, post
 
 

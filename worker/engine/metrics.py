@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.engine.grid import Grid
+from core.grid import Grid
 from worker.engine.tally import Tally
 
 

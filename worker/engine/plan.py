@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.grid import Grid
+from core.grid import Grid
 
 
 class SweepError(Exception):
@@ -26,17 +26,6 @@ class SweepPlan:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_hw: tuple[int, int]
-
-    @property
-    def evaluated_shifts(self) -> list[tuple[float, float]]:
-        """The grid's shifts, then the reference (0, 0) when the grid lacks it."""
-        shifts = list(self.grid.shifts)
-        if (0.0, 0.0) not in self.grid.shifts:
-            shifts.append((0.0, 0.0))
-        return shifts
-
-    def images_per_sample(self) -> int:
-        return len(self.evaluated_shifts)
 
 
 def sample_indices(num_samples: int, max_samples: int | None, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from worker.engine.views import axis_index
+from core.views import axis_index
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class Predictions:
 
     def __init__(self, plan: SweepPlan, labels: np.ndarray, indices: np.ndarray, tally: Tally | None) -> None:
         self.grid = plan.grid
-        self.shifts = plan.evaluated_shifts
+        self.shifts = plan.grid.evaluated_shifts
         self.reference = self.shifts.index((0.0, 0.0))
         self.labels = labels
         self.num_labels = int(labels[indices].max()) + 1 if len(indices) else 0

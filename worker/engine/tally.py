@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.engine.grid import Grid
+from core.grid import Grid, plain
 
 # The most fragile samples kept per evaluation; the API pages through them.
 MAX_EXAMPLES = 1000
@@ -107,7 +107,7 @@ class Tally:
                 "label": int(labels[row]),
                 "clean_prediction": int(clean[row]),
                 "worst_prediction": int(predictions[row, worst]),
-                "worst_shift": [_plain(dx), _plain(dy)],
+                "worst_shift": [plain(dx), plain(dy)],
                 "worst_probability": float(np.exp(true_logprob[row, worst])),
                 "flips": int(flips[row]),
             })
@@ -176,7 +176,3 @@ def _sum_of_squared_class_counts(predictions: np.ndarray) -> int:
     keys = predictions.astype(np.int64) + width * np.arange(rows, dtype=np.int64)[:, None]
     counts = np.bincount(keys.ravel(), minlength=rows * width)
     return int((counts * counts).sum())
-
-
-def _plain(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value

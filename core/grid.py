@@ -26,8 +26,17 @@ class Grid:
         return len(self.shifts)
 
     @property
-    def integral(self) -> bool:
-        return all(float(dx).is_integer() and float(dy).is_integer() for dx, dy in self.shifts)
+    def evaluated_shifts(self) -> list[tuple[float, float]]:
+        """The grid's shifts, then the reference (0, 0) when the grid lacks it: every sample's views."""
+        shifts = list(self.shifts)
+        if (0.0, 0.0) not in self.shifts:
+            shifts.append((0.0, 0.0))
+        return shifts
+
+    @property
+    def images_per_sample(self) -> int:
+        """Forward passes per sample: the grid's shifts and the reference."""
+        return len(self.evaluated_shifts)
 
     @property
     def max_abs(self) -> tuple[float, float]:
@@ -51,7 +60,7 @@ class Grid:
         return pairs
 
     def to_json(self) -> list[list[float]]:
-        return [[_plain(dx), _plain(dy)] for dx, dy in self.shifts]
+        return [[plain(dx), plain(dy)] for dx, dy in self.shifts]
 
 
 def _round(value: float) -> float:
@@ -59,7 +68,8 @@ def _round(value: float) -> float:
     return round(value, _DECIMALS) + 0.0
 
 
-def _plain(value: float) -> float | int:
+def plain(value: float) -> float | int:
+    """A coordinate as JSON shows it: 2 rather than 2.0, 0.5 as it is."""
     return int(value) if float(value).is_integer() else value
 
 
@@ -112,7 +122,7 @@ def build_grid(spec: dict[str, Any]) -> Grid:
         repeated = [s for s in shifts if s in seen or seen.add(s)]
         if repeated:
             dx, dy = repeated[0]
-            raise GridError(f"shifts.list repeats the pair [{_plain(dx)}, {_plain(dy)}]")
+            raise GridError(f"shifts.list repeats the pair [{plain(dx)}, {plain(dy)}]")
         return Grid(tuple(sorted(shifts, key=lambda s: (s[1], s[0]))), None)
     unknown = set(spec) - {"dx", "dy", "step"}
     if unknown:
@@ -148,7 +158,7 @@ def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_h
             if (top - math.ceil(dy) < 0 or top - math.floor(dy) + input_h > image_h
                     or left - math.ceil(dx) < 0 or left - math.floor(dx) + input_w > image_w):
                 raise GridError(
-                    f"shift ({_plain(dx)}, {_plain(dy)}) moves the {input_h}x{input_w} crop window "
+                    f"shift ({plain(dx)}, {plain(dy)}) moves the {input_h}x{input_w} crop window "
                     f"outside the {image_h}x{image_w} image; the window can move by "
                     f"{left}..{image_w - input_w - left} in x and {top}..{image_h - input_h - top} in y"
                 )
@@ -162,5 +172,5 @@ def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_h
     if max_dx >= image_w or max_dy >= image_h:
         raise GridError(
             f"every shift needs |dx| < {image_w} and |dy| < {image_h} (the image size); "
-            f"the grid reaches |dx| = {_plain(max_dx)}, |dy| = {_plain(max_dy)}"
+            f"the grid reaches |dx| = {plain(max_dx)}, |dy| = {plain(max_dy)}"
         )

@@ -1,4 +1,4 @@
-"""Response schemas: the shapes api/serializers.py returns, for the OpenAPI document.
+"""Response schemas: the shapes api/http/serializers.py returns, for the OpenAPI document.
 
 The OpenAPI test checks real responses against these (schemathesis' response conformance),
 so a serializer that changes shape without them fails the suite.
@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.schemas import ModelFormat, Status, Task
+from api.http.schemas import ModelFormat, Status, SummaryMetric, Task
 
 
 class Dataset(BaseModel):
@@ -199,3 +199,31 @@ class Layer(BaseModel):
 class LayerProfile(BaseModel):
     items: list[Layer]
     next_cursor: str | None
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int | None  # null when the evaluation has no value for the metric (flip_rate of a list)
+    model_id: str
+    model_name: str
+    model_version: int
+    evaluation_id: str
+    value: float | None
+    summary: Summary
+    finished_at: str
+
+
+class SweepRanking(BaseModel):
+    sweep_key: str
+    sweep: dict[str, Any]  # shifts, padding, fill, max_samples, seed
+    num_samples: int
+    num_shifts: int
+    latest_finished_at: str
+    items: list[LeaderboardEntry]
+
+
+class Leaderboard(BaseModel):
+    dataset_id: str
+    dataset_name: str
+    metric: SummaryMetric
+    higher_is_better: bool
+    sweeps: list[SweepRanking]

@@ -1,4 +1,4 @@
-"""Request schemas, validated at the edge; the same classes describe the API in OpenAPI."""
+"""Request and query schemas, validated at the edge; the same classes describe the API in OpenAPI."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from api.errors import BadRequest
-from worker.engine.grid import MAX_SHIFTS
+from api.http.errors import BadRequest
+from core.grid import MAX_SHIFTS
+from core.sweep import Padding, per_channel
 
-Padding = Literal["zeros", "circular", "reflect", "edge", "crop"]
 ModelFormat = Literal["torchscript", "exported", "state_dict", "onnx"]
 Task = Literal["classification", "segmentation"]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -71,7 +71,7 @@ class InputSpec(Strict):
         spec = self.model_dump()
         for key in ("mean", "std"):
             values = spec[key] if isinstance(spec[key], list) else [spec[key]]
-            if len(values) not in (1, self.channels):
+            if per_channel(values, self.channels) is None:
                 raise ValueError(
                     f"{key} has {len(values)} values but the model declares {self.channels} channel(s); "
                     f"give one value per channel ({self.channels}) or a single value for all")
@@ -222,6 +222,50 @@ class ShiftsQuery(ResultsPage):
     """Query of GET /v1/evaluations/{id}/shifts; `format=csv` is always the whole table."""
 
     format: Literal["json", "csv"] = "json"
+
+
+SummaryMetric = Literal["consistency", "clean_accuracy", "mean_accuracy", "worst_case_accuracy", "flip_rate"]
+
+
+class HeatmapQuery(Strict):
+    """GET /v1/evaluations/{id}/heatmap.png: `both` draws accuracy and agreement side by side."""
+
+    metric: Literal["accuracy", "agreement", "both"] = "accuracy"
+    scale: Literal["auto", "full"] = "auto"
+
+
+class CompareQuery(Strict):
+    """GET /v1/evaluations/{id}/compare.png: this evaluation, `other`, and other minus this."""
+
+    other: str = Field(min_length=1, max_length=64)
+    metric: Literal["accuracy", "agreement"] = "accuracy"
+    scale: Literal["auto", "full"] = "auto"
+
+
+class SampleQuery(Strict):
+    """GET /v1/datasets/{id}/samples/{index}.png: `scale` enlarges each pixel to a square."""
+
+    scale: int = Field(default=1, ge=1, le=32)
+
+
+class ExampleViewQuery(Strict):
+    """GET /v1/evaluations/{id}/examples/{index}.png: one sample as the model saw it under a transform.
+
+    Each axis of the transform is one query parameter, absent meaning the identity, so an
+    axis added later is one more field here. `zoom` only enlarges the picture (hard pixels).
+    """
+
+    dx: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move right by dx pixels")
+    dy: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move down by dy pixels")
+    zoom: int = Field(default=1, ge=1, le=32, description="draw each pixel as a zoom×zoom square")
+
+
+class LeaderboardQuery(Strict):
+    """GET /v1/leaderboard: one ranking per sweep of the dataset, or only the sweep `sweep_key`."""
+
+    dataset_id: str = Field(min_length=1, max_length=200, description="a dataset's id, or its name")
+    metric: SummaryMetric = "consistency"
+    sweep_key: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-PADDING_MODES = ("zeros", "circular", "reflect", "edge", "crop")
 _NUMPY_PAD = {"circular": "wrap", "reflect": "reflect", "edge": "edge"}
 
 
