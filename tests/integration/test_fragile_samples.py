@@ -13,7 +13,7 @@ from PIL import Image
 from examples.train_digits_cnn import digits_arrays
 from tests.models import DIGITS_INPUT
 from tests.reference import reference_view, reference_worst_shifts
-from worker.engine.grid import build_grid
+from core.grid import build_grid
 from worker.engine.plan import sample_indices
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.reference import reference_crop, reference_view, reference_worst_shifts
-from worker.engine.grid import build_grid
+from core.grid import build_grid
 from worker.engine.plan import SweepPlan
 from worker.engine.shifting import make_canvas, to_float
 from worker.engine.sweep import run_sweep
