@@ -47,6 +47,7 @@ def model_json(model: Model) -> dict[str, Any]:
         "num_parameters": model.num_parameters,
         "num_outputs": model.num_outputs,
         "input": model.input_spec,
+        "runtime": model.runtime,
         "created_at": iso(model.created_at),
     }
 
@@ -71,5 +72,6 @@ def evaluation_json(evaluation: Evaluation, warnings: list[dict[str, str]] | Non
         "sweep_key": evaluation.sweep_key,
         "tags": evaluation.tags,
         "summary": evaluation.summary if evaluation.status == "succeeded" else None,
+        "runtime": evaluation.runtime,
         "warnings": warnings or [],
     }

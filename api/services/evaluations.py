@@ -28,6 +28,7 @@ from shiftscore.settings import get_settings
 from worker.chunking import chunk_bounds
 from worker.engine.grid import Grid, GridError, build_grid, check_grid_fits
 from worker.queue import enqueue_chunk, enqueue_evaluation
+from worker.runtimes import TORCH, evaluation_runtime, reference_backend
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
         raise Unprocessable(f"model '{model.id}' is invalid and cannot be evaluated: {model.error}")
     check_layers_request(body.layers, model)
     check_task(model, dataset)
+    _check_runtime_options(body, model)
     spec = model.input_spec
     if dataset.channels != spec["channels"]:
         raise Unprocessable(
@@ -62,6 +64,18 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
             f"{model.num_outputs} logits"
         )
     return grid
+
+
+def _check_runtime_options(body: EvaluationCreate, model: Model) -> None:
+    """`backend` and `early_exit` against the model (422s)."""
+    if body.backend == TORCH and reference_backend(model.format) != TORCH:
+        raise Unprocessable("an ONNX model runs on ONNX Runtime, its own runtime; backend 'torch' is for "
+                            "torchscript, exported and state_dict models",
+                            errors=[{"field": "backend", "message": "not available for format 'onnx'"}])
+    if body.early_exit and (body.layers or model.task == "segmentation"):
+        raise Unprocessable("early_exit measures a classifier's worst case only; it cannot be combined with "
+                            "layers or used on a segmentation model",
+                            errors=[{"field": "early_exit", "message": "classification without layers only"}])
 
 
 def _images_per_sample(grid: Grid) -> int:
@@ -117,6 +131,7 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             status="queued",
             progress_total=num_samples * _images_per_sample(grid),
             webhook_url=body.webhook_url,
+            runtime=evaluation_runtime(model.format, model.runtime, body.backend, get_settings().batch_size),
         )
         session.add(evaluation)
         try:

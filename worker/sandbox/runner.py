@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from worker.engine.grid import build_grid
+from worker.sandbox import backends
 from worker.engine.layers import run_layer_profile
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
@@ -23,8 +24,6 @@ from worker.model_loading import ModelLoadError, count_parameters, excerpt, load
 
 Send = Callable[..., None]
 LAYERS = "layers"
-# Validation times a batch of this many images to set the sweep's per-batch deadline.
-TIMING_IMAGES = 32
 
 
 def pick_device(setting: str) -> torch.device:
@@ -56,6 +55,8 @@ class Runner:
         self.fields: dict[str, Any] = setup["model"]
         self.paths: dict[str, str] = setup["paths"]
         self.model: Any = None
+        # What sweeps call: the model itself, or the runtime validation chose for it.
+        self.forward: Any = None
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run one job and return its result."""
@@ -70,24 +71,19 @@ class Runner:
         )
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
-        self.model = model
+        self.model = self.forward = model
+        if fields.get("backend") == backends.ONNXRUNTIME and fields["format"] != "onnx":
+            example = backends.validation_batch(fields["input"], self.device)
+            self.forward = backends.onnx_export(model, example, torch.get_num_threads())
         return {"num_parameters": count_parameters(model)}
 
     def validate(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Check the model on its declared input, then choose and time its runtime (backends.choose)."""
         checked = validate_model(self.model, self.fields["input"], self.fields["task"])
-        return {**checked, "seconds_per_image": self._seconds_per_image(int(job["batch_size"]))}
-
-    def _seconds_per_image(self, batch_size: int) -> float:
-        """Time one forward batch of seeded noise (after a warm-up) at the declared input."""
-        spec = self.fields["input"]
-        count = max(1, min(batch_size, TIMING_IMAGES))
-        noise = torch.rand(count, spec["channels"], spec["height"], spec["width"],
-                           generator=torch.Generator().manual_seed(0)).to(self.device)
-        with torch.inference_mode():
-            self.model(noise)
-            started = time.perf_counter()
-            self.model(noise)
-        return (time.perf_counter() - started) / count
+        runtime, _ = backends.choose(self.fields["format"], self.model, self.fields["input"], self.device)
+        # The per-batch deadline must hold for every runtime a request may force: the slowest kept.
+        slowest = max(entry["seconds_per_image"] for entry in runtime["candidates"].values() if entry["kept"])
+        return {**checked, "seconds_per_image": slowest, "runtime": runtime}
 
     def sweep(self, job: dict[str, Any]) -> dict[str, Any]:
         """Sweep samples `[start, stop)` of the evaluation, resuming at `position` from `tally`."""
@@ -104,10 +100,10 @@ class Runner:
         )
         if self.fields["task"] == "segmentation":
             saved = SegmentationTally.from_json(job["tally"]) if job["tally"] else None
-            tally: Any = run_segmentation_sweep(self.model, images, targets, rows, plan, tally=saved, **common)
+            tally: Any = run_segmentation_sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
         else:
             saved = Tally.from_json(job["tally"]) if job["tally"] else None
-            tally = run_sweep(self.model, images, targets, rows, plan, tally=saved, **common)
+            tally = run_sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
         chunk_tally = tally.to_json()
         asked = request.get(LAYERS)
         if asked:
