@@ -26,7 +26,7 @@ from shiftscore.settings import Settings, get_settings
 from worker import profiles
 from worker.chunking import chunk_bounds
 from worker.engine.grid import Grid, build_grid
-from worker.engine.metrics import class_rows, shift_rows, summary
+from worker.engine.metrics import class_rows, shift_rows, summary, worst_case_summary
 from worker.engine.tally import Tally
 from worker.queue import enqueue_chunk
 from worker.runtimes import evaluation_runtime
@@ -307,7 +307,10 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
                                   bool(job.request.get(profiles.LAYERS)))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    complete = profiles.complete_segmentation_chunk if task == "segmentation" else _complete_classification_chunk
+    if task == "segmentation":
+        complete: Callable[..., None] = profiles.complete_segmentation_chunk
+    else:
+        complete = partial(_complete_classification_chunk, early_exit=bool(job.request.get("early_exit")))
     # Safe to repeat: a chunk already done answers LostClaim, and the evaluation finishes in the same commit.
     retrying(partial(complete, claimed, chunk_tally, reporter.high_water, grid))
 
@@ -335,17 +338,19 @@ def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: di
 
 
 def _complete_classification_chunk(
-    claimed: jobs.ClaimedChunk, chunk_tally: dict[str, Any], high_water: int, grid: Grid
+    claimed: jobs.ClaimedChunk, chunk_tally: dict[str, Any], high_water: int, grid: Grid, early_exit: bool = False
 ) -> None:
     with session_scope() as session:
         tallies = jobs.complete_chunk(session, claimed.claim, chunk_tally, high_water, claimed.total, claimed.stop)
         if tallies is None:
             return
         merged = merge_tallies(tallies)
-        if jobs.finish_evaluation(
-            session, claimed.claim.evaluation_id, summary(merged, grid), shift_rows(merged, grid),
-            class_rows(merged, grid), merged.examples,
-        ):
+        if early_exit:
+            # Per-shift, per-class mean and example counts were not measured: no rows for them.
+            results = (worst_case_summary(merged, grid), [], [], [])
+        else:
+            results = (summary(merged, grid), shift_rows(merged, grid), class_rows(merged, grid), merged.examples)
+        if jobs.finish_evaluation(session, claimed.claim.evaluation_id, *results):
             profiles.record_layers(session, claimed.claim.evaluation_id, tallies, grid)
 
 

@@ -124,6 +124,8 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             sweep_key=_digest({
                 "dataset_id": dataset.id, "grid": grid.to_json(), "padding": body.padding,
                 "fill": body.fill, "max_samples": body.max_samples, "seed": body.seed,
+                # A gate measures fewer metrics: never ranked beside full sweeps.
+                **({"early_exit": True} if body.early_exit else {}),
             }),
             tags=body.tags,
             idempotency_key=idempotency_key,

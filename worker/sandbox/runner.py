@@ -18,6 +18,7 @@ from worker.sandbox import backends
 from worker.engine.layers import run_layer_profile
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
+from worker.engine.early_exit import run_worst_case
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
@@ -103,7 +104,8 @@ class Runner:
             tally: Any = run_segmentation_sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
         else:
             saved = Tally.from_json(job["tally"]) if job["tally"] else None
-            tally = run_sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
+            sweep = run_worst_case if request.get("early_exit") else run_sweep
+            tally = sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
         chunk_tally = tally.to_json()
         asked = request.get(LAYERS)
         if asked:
