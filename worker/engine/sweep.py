@@ -65,7 +65,8 @@ class Predictions:
         self.filled += len(shifts)
 
     def end(self, views: ChunkViews) -> None:
-        if not all(bool(flag) for flag in self.finite):
+        # One sync for the whole chunk: the flags stay on the device until here.
+        if not bool(torch.stack(self.finite).all()):
             raise SweepError("the model's output is not finite (NaN or infinity) for some inputs")
         size = self.grid.size
         all_predictions = np.ascontiguousarray(self.predicted.cpu().numpy().T)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worker.engine.device import pick_device
 from worker.engine.grid import build_grid
 from worker.sandbox import backends
 from worker.engine.layers import run_layer_profile
@@ -25,13 +26,6 @@ from worker.model_loading import ModelLoadError, count_parameters, excerpt, load
 
 Send = Callable[..., None]
 LAYERS = "layers"
-
-
-def pick_device(setting: str) -> torch.device:
-    """The device the settings ask for; `auto` takes CUDA when there is one."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
