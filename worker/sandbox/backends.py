@@ -12,6 +12,7 @@ model's choice. Sweeps read the choice and never measure again.
 from __future__ import annotations
 
 import io
+import types
 from copy import deepcopy as copy_module
 import time
 from collections.abc import Callable
@@ -135,10 +136,17 @@ def _exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Modul
 def onnx_export(model: torch.nn.Module, example: torch.Tensor, threads: int) -> OnnxModel:
     """The torch model as an ONNX Runtime session, exported in memory with a dynamic batch."""
     buffer = io.BytesIO()
-    torch.onnx.export(
-        _exportable(model, example), (example[:2].cpu(),), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-    )
+    target = _exportable(model, example)
+    # The exporter switches the module to eval mode through train(False), which a torch.export
+    # program refuses; every loaded model is in eval mode already (worker.model_loading).
+    target.train = types.MethodType(lambda self, mode=True: self, target)  # type: ignore[method-assign]
+    try:
+        torch.onnx.export(
+            target, (example[:2].cpu(),), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+        )
+    finally:
+        del target.train
     return OnnxModel(onnx_session(buffer.getvalue(), threads), None)
 
 
