@@ -154,3 +154,12 @@ def test_evaluation_runtime_follows_the_model_and_the_request():
     assert forced["batch_size"] == record["candidates"]["torch"]["batch_size"]
     legacy = evaluation_runtime("onnx", None, "auto", 256)
     assert legacy == {"backend": "onnxruntime", "batch_size": 256, "forced": False, "agreement": None}
+
+
+def test_a_torch_export_program_exports_too():
+    """torch.export programs refuse train(); the export must not need it."""
+    program = torch.export.export(SmallNet().eval(), (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("n", min=1, max=4096)},))
+    record, kept = backends.choose("exported", program.module(), SPEC, CPU)
+    assert record["candidates"]["onnxruntime"]["kept"], record["candidates"]["onnxruntime"]
+    assert set(kept) == {"torch", "onnxruntime"}
