@@ -49,8 +49,8 @@ def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> s
     dataset_name = dataset.name if dataset else evaluation.dataset_id
     segmentation = is_segmentation(evaluation)
     # The same picture as GET …/heatmap.png?metric=both (accuracy alone for segmentation).
-    heatmap = picture_service.heatmap(session, tenant_id, evaluation_id,
-                                      HeatmapQuery(metric="accuracy" if segmentation else "both"))
+    heatmap = None if evaluation.request.get("early_exit") else picture_service.heatmap(
+        session, tenant_id, evaluation_id, HeatmapQuery(metric="accuracy" if segmentation else "both"))
     summary = evaluation.summary or {}
     return render_template(
         "report/evaluation.html",
@@ -60,7 +60,7 @@ def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> s
         metrics=[(label, summary.get(key)) for key, label in METRICS],
         summary=summary, warnings=warnings_by_id(session, [evaluation])[evaluation.id],
         sweep={key: evaluation.request.get(key) for key in ("shifts", "padding", "fill", "max_samples", "seed")},
-        heatmap=data_uri(heatmap),
+        heatmap=data_uri(heatmap) if heatmap else None,
         classes=[] if segmentation else class_results(session, tenant_id, evaluation_id),
         examples=[] if segmentation else _samples(session, dataset, example_results(
             session, tenant_id, evaluation_id, REPORT_EXAMPLES)),
