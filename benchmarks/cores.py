@@ -18,7 +18,8 @@ import numpy as np
 
 from benchmarks.common import load_average, table
 
-SAMPLES, RADIUS = 1000, 4
+RADIUS = 4
+SAMPLES = int(os.environ.get("BENCH_CORES_SAMPLES", "1000"))
 
 
 def _sweep(args: tuple[str, int, int, int]) -> tuple[float, dict]:
@@ -58,6 +59,10 @@ def _arrangement(pool_size: int, backend: str, threads: int) -> tuple[float, lis
 
 
 def main(quick: bool = False) -> str:
+    global SAMPLES
+    if quick:
+        SAMPLES = 200
+        os.environ["BENCH_CORES_SAMPLES"] = "200"  # the spawned processes read it
     cores = os.cpu_count() or 1
     repeats = 1 if quick else 3
     rows = []

@@ -16,8 +16,8 @@ def _default_home() -> Path:
 
 
 def default_threads(concurrency: int) -> int:
-    """The cores this process may use, shared between the worker's processes (benchmarks/cores.py:
-    threads in one sweep beat as many single-thread processes on chunks, or tie)."""
+    """The cores this process may use, shared between the worker's processes (benchmarks/cores.py
+    compares threads in one sweep with single-thread processes on separate chunks)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -74,3 +74,6 @@ def test_early_exit_gives_the_full_sweeps_worst_case(pg_stack, digits_model_file
     assert gated["progress"]["done"] == gated["progress"]["total"]
     assert gated["sweep_key"] != full["sweep_key"]
     assert session.get(f"/v1/evaluations/{gated['id']}/shifts").json()["items"] == []
+    assert session.get(f"/v1/evaluations/{gated['id']}/heatmap.png").status_code == 422
+    report = session.get(f"/v1/evaluations/{gated['id']}/report.html")
+    assert report.status_code == 200 and "early_exit" in report.text
