@@ -163,3 +163,10 @@ def test_a_torch_export_program_exports_too():
     record, kept = backends.choose("exported", program.module(), SPEC, CPU)
     assert record["candidates"]["onnxruntime"]["kept"], record["candidates"]["onnxruntime"]
     assert set(kept) == {"torch", "onnxruntime"}
+
+
+def test_out_of_time_only_the_reference_is_timed():
+    record, kept = backends.choose("state_dict", SmallNet().eval(), SPEC, CPU, budget_s=0.0)
+    assert set(kept) == {"torch"} and record["backend"] == "torch"
+    assert "no time left" in record["candidates"]["onnxruntime"]["reason"]
+    assert list(record["candidates"]["torch"]["per_batch_size"]) == [str(backends.BATCH_SIZES[0])]

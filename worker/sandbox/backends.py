@@ -12,6 +12,7 @@ model's choice. Sweeps read the choice and never measure again.
 from __future__ import annotations
 
 import io
+import math
 import types
 from copy import deepcopy as copy_module
 import time
@@ -163,7 +164,8 @@ def candidates(fmt: str, model: Any, example: torch.Tensor, device: torch.device
     return built
 
 
-def time_batches(forward: Forward, sample: torch.Tensor, expected: torch.Tensor) -> dict[str, Any]:
+def time_batches(forward: Forward, sample: torch.Tensor, expected: torch.Tensor,
+                 deadline: float = math.inf) -> dict[str, Any]:
     """Seconds per image at each batch size tried (best of two after a warm-up), and the fastest size.
 
     Kernels may pick other algorithms at other batch sizes: a size whose predictions
@@ -174,7 +176,8 @@ def time_batches(forward: Forward, sample: torch.Tensor, expected: torch.Tensor)
     spent = 0.0
     with torch.inference_mode():
         for size in BATCH_SIZES:
-            if size > BATCH_SIZES[0] and (size * image_bytes > INPUT_BYTES_CAP or spent > TIMING_BUDGET_S):
+            over = spent > TIMING_BUDGET_S or time.monotonic() > deadline
+            if size > BATCH_SIZES[0] and (size * image_bytes > INPUT_BYTES_CAP or over):
                 break
             repeats = (size + len(sample) - 1) // len(sample)
             batch = sample.repeat(repeats, 1, 1, 1)[:size].contiguous()
@@ -200,8 +203,14 @@ def _timed(forward: Forward, batch: torch.Tensor) -> float:
     return time.perf_counter() - started
 
 
-def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check and time every candidate; return the runtime record and name → forward of those kept."""
+def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device,
+           budget_s: float = math.inf) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check and time every candidate; return the runtime record and name → forward of those kept.
+
+    Past `budget_s` only the reference is timed (at its smallest batch size if need be), so a
+    slow model or a busy machine never makes validation overrun its wall-time limit.
+    """
+    deadline = time.monotonic() + budget_s
     batch = validation_batch(spec, device)
     reference = reference_backend(fmt)
     built = candidates(fmt, model, batch, device)
@@ -210,6 +219,8 @@ def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device) -> 
     report: dict[str, Any] = {}
     kept: dict[str, Forward] = {}
     for name, forward in built.items():
+        if name != reference and time.monotonic() > deadline:
+            forward = "validation had no time left to check it (SHIFTSCORE_SANDBOX_WALL_SECONDS)"
         if isinstance(forward, str):
             report[name] = {"kept": False, "reason": forward}
             continue
@@ -218,7 +229,7 @@ def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device) -> 
         report[name] = {"kept": checked["agrees"], **checked}
         if checked["agrees"]:
             try:
-                report[name].update(time_batches(forward, batch, expected))
+                report[name].update(time_batches(forward, batch, expected, deadline))
             except RuntimeError as exc:
                 report[name].update(kept=False, reason=str(exc))
                 continue

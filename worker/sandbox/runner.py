@@ -6,6 +6,7 @@ and the events passed to `send`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,7 +76,8 @@ class Runner:
     def validate(self, job: dict[str, Any]) -> dict[str, Any]:
         """Check the model on its declared input, then choose and time its runtime (backends.choose)."""
         checked = validate_model(self.model, self.fields["input"], self.fields["task"])
-        runtime, _ = backends.choose(self.fields["format"], self.model, self.fields["input"], self.device)
+        runtime, _ = backends.choose(self.fields["format"], self.model, self.fields["input"], self.device,
+                                     float(job.get("budget_s", math.inf)))
         # The per-batch deadline must hold for every runtime a request may force: the slowest kept.
         slowest = max(entry["seconds_per_image"] for entry in runtime["candidates"].values() if entry["kept"])
         return {**checked, "seconds_per_image": slowest, "runtime": runtime}
