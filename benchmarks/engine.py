@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.common import (
     Timing,
+    bench_device,
     captured_batches,
     cifar_sized,
     cpu,
@@ -51,7 +52,7 @@ def case(name: str, model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     """One table row: forward alone, the engine as run by default and with prefetch, tally's share."""
     plan = plan_for(images.shape[1:3], radius, mean, std)
     indices = np.arange(len(labels))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device()
     model = model.to(device)
     batches = [b.to(device) for b in captured_batches(model, images, labels, plan, batch_size)]
     tallies: dict[str, TimedTally] = {}
@@ -90,7 +91,7 @@ def main(quick: bool = False) -> str:
     cifar_images, cifar_labels = cifar_sized(8)
     rows.append(case("ResNet-18 (CIFAR) 3×32×32", resnet_cifar(), cifar_images, cifar_labels, 4,
                      (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 256, repeats))
-    device = "CUDA" if torch.cuda.is_available() else "CPU"
+    device = bench_device().type.upper()
     return table(
         f"Engine vs the same forward passes alone ({device}, 1 thread, median of "
         f"{repeats} interleaved runs; goal: ratio ≤ 1.10; load {load_average()})",

@@ -17,6 +17,8 @@ BENCHMARKS = {
     "api_latency": "GET /v1/evaluations/{id} p99 at 200 requests/s",
     "batch_size": "forward throughput per batch size (how the default 256 was chosen)",
     "sandbox": "end to end with models caged vs SHIFTSCORE_SANDBOX=off",
+    "runtimes": "default settings end to end vs eager TorchScript at default threads; early_exit vs full",
+    "cores": "one sweep on threads vs chunk-parallel processes (the default use of the cores)",
 }
 
 

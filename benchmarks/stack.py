@@ -19,6 +19,8 @@ def real_stack(workers: int = 1, **overrides: str) -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="shiftscore-bench-"))
     settings = {"SHIFTSCORE_DEVICE": "cpu", "SHIFTSCORE_TORCH_THREADS": "1", "SHIFTSCORE_BATCH_SIZE": "256",
                 "SHIFTSCORE_PROGRESS_INTERVAL": "0.5", **overrides}
+    # An empty override leaves that setting at the product's default.
+    settings = {name: value for name, value in settings.items() if value != ""}
     try:
         with running_stack(home, workers=workers, scheduler=False, **settings) as stack:
             yield stack

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -13,6 +13,16 @@ class SettingsError(ValueError):
 
 def _default_home() -> Path:
     return Path(os.environ.get("SHIFTSCORE_HOME", Path.cwd() / "var"))
+
+
+def default_threads(concurrency: int) -> int:
+    """The cores this process may use, shared between the worker's processes (benchmarks/cores.py
+    compares threads in one sweep with single-thread processes on separate chunks)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // concurrency)
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -88,7 +98,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 256 * 1024 * 1024
-    torch_threads: int = 1
+    torch_threads: int = field(default_factory=lambda: default_threads(1))
     worker_concurrency: int = 1
     device: str = "auto"
     batch_size: int = 256
@@ -156,6 +166,7 @@ class Settings:
         device = env.get("SHIFTSCORE_DEVICE", "auto")
         if device not in {"auto", "cpu", "cuda"} and not device.startswith("cuda:"):
             raise SettingsError("SHIFTSCORE_DEVICE must be auto, cpu, cuda or cuda:N")
+        concurrency = _int(env, "SHIFTSCORE_WORKER_CONCURRENCY", 1, 1)
         soft = _int(env, "SHIFTSCORE_TASK_SOFT_TIME_LIMIT", 3600, 1)
         hard = _int(env, "SHIFTSCORE_TASK_HARD_TIME_LIMIT", soft + 60, 1)
         if hard <= soft:
@@ -168,8 +179,8 @@ class Settings:
             host=env.get("SHIFTSCORE_HOST", "127.0.0.1"),
             port=_int(env, "SHIFTSCORE_PORT", 8000, 1),
             max_upload_bytes=_int(env, "SHIFTSCORE_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, 1),
-            torch_threads=_int(env, "SHIFTSCORE_TORCH_THREADS", 1, 1),
-            worker_concurrency=_int(env, "SHIFTSCORE_WORKER_CONCURRENCY", 1, 1),
+            torch_threads=_int(env, "SHIFTSCORE_TORCH_THREADS", default_threads(concurrency), 1),
+            worker_concurrency=concurrency,
             device=device,
             batch_size=_int(env, "SHIFTSCORE_BATCH_SIZE", 256, 1),
             task_soft_time_limit=soft,

@@ -490,7 +490,7 @@ def heartbeat_validation(session: Session, claim: ValidationClaim) -> bool:
 
 def record_model_validation(
     session: Session, claim: ValidationClaim, *, error: str | None, num_parameters: int | None,
-    num_outputs: int | None, seconds_per_image: float | None = None,
+    num_outputs: int | None, seconds_per_image: float | None = None, runtime: dict[str, Any] | None = None,
 ) -> bool:
     """Mark an uploaded model ready, or invalid with the reason; False if the claim was lost."""
     result = session.execute(
@@ -502,6 +502,7 @@ def record_model_validation(
             num_parameters=num_parameters,
             num_outputs=num_outputs,
             seconds_per_image=seconds_per_image,
+            runtime=runtime,
             validation_heartbeat_at=utcnow(),
         )
     )

@@ -119,6 +119,9 @@ class Model(Base):
     validation_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     # One forward image's time in the sandbox at validation: the sweep's per-batch deadline scales with it.
     seconds_per_image: Mapped[float | None] = mapped_column(Float)
+    # Chosen once at validation (worker/sandbox/backends.py): backend, batch size, each candidate's
+    # agreement figures and timings. NULL for models validated before backends were chosen.
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Evaluation(Base):
@@ -152,6 +155,8 @@ class Evaluation(Base):
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_detail: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the sweep runs on, fixed at submission from the model's runtime and the request.
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -255,13 +255,15 @@ class Client:
     def submit(self, model_id: str, dataset_id: str = "digits", *, shifts: Mapping[str, Any],
                padding: str = "zeros", fill: float | None = None, max_samples: int | None = None,
                seed: int | None = None, tags: list[str] | None = None, idempotency_key: str | None = None,
-               model_timeout: float = 300.0) -> Json:
+               model_timeout: float = 300.0, backend: str | None = None, early_exit: bool | None = None) -> Json:
         """Submit a sweep; `shifts` is {"dx": [min, max], "dy": [min, max], "step": 1} or {"list": [[dx, dy], …]}.
 
         A model still being validated is waited for (the API answers 409 until then).
         """
         body: Json = {"model_id": model_id, "dataset_id": dataset_id, "shifts": dict(shifts), "padding": padding}
-        for key, value in (("fill", fill), ("max_samples", max_samples), ("seed", seed), ("tags", tags)):
+        optional = (("fill", fill), ("max_samples", max_samples), ("seed", seed), ("tags", tags),
+                    ("backend", backend), ("early_exit", early_exit))
+        for key, value in optional:
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}

@@ -96,6 +96,11 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tag", action="append", dest="tags", help="tag the evaluation (repeatable)")
     for metric, dest, flag in GATES:
         parser.add_argument(flag, dest=dest, type=float, metavar="X", help=f"exit 1 if {metric} < X")
+    parser.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
+                        help="stop each sample at its first wrong shift: exact worst_case_accuracy and "
+                             "clean_accuracy only, much faster (default: on when --min-worst-case is the only gate)")
+    parser.add_argument("--backend", choices=["auto", "torch"], default="auto",
+                        help="auto: the runtime chosen at validation (same predictions); torch: eager PyTorch")
     parser.add_argument("--baseline", metavar="EVAL_ID_OR_MODEL_NAME",
                         help="compare with this evaluation, or with the newest succeeded evaluation of this model "
                              "name (any version) on the same dataset and sweep; needs --max-drop")
@@ -182,6 +187,15 @@ def _check_usage(args: argparse.Namespace) -> None:
     if bool(args.baseline) != bool(args.max_drop):
         raise UsageError("--baseline and --max-drop go together: --baseline EVAL_ID_OR_MODEL_NAME "
                          "--max-drop consistency=0.02")
+
+
+def wants_early_exit(args: argparse.Namespace) -> bool:
+    """--early-exit as given; by default on when --min-worst-case is the only thing the run needs."""
+    if args.early_exit is not None:
+        return bool(args.early_exit)
+    others = [getattr(args, dest) for _, dest, _ in GATES if dest != "min_worst_case"]
+    return args.min_worst_case is not None and all(value is None for value in others) and not (
+        args.baseline or args.max_drop or args.mlflow)
 
 
 def max_drops(args: argparse.Namespace) -> dict[str, float]:
@@ -297,7 +311,9 @@ def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         dataset_id = client.upload_dataset(args.dataset_file, args.dataset_name)["id"]
         _say(args, f"dataset {dataset_id} uploaded")
     evaluation = client.submit(model["id"], dataset_id, shifts=shifts_from(args), padding=args.padding,
-                               fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags)
+                               fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags,
+                               backend=None if args.backend == "auto" else args.backend,
+                               early_exit=True if wants_early_exit(args) else None)
     _say(args, f"evaluation {evaluation['id']} submitted")
     return client.wait(evaluation["id"], progress=ProgressBar(sys.stderr, not args.quiet), timeout=args.timeout)
 

@@ -18,7 +18,7 @@ from db import jobs
 from db.profiles import record_layer_profile, record_segmentation_shifts
 from db.session import session_scope
 from worker.engine.layers import LAYERS, LayerTally, profile_rows
-from worker.engine.metrics import class_rows, shift_rows, summary
+from worker.engine.metrics import class_rows, shift_rows, summary, worst_case_summary
 from worker.engine.segmentation import SegmentationTally, segmentation_rows, segmentation_summary
 from worker.engine.tally import Tally
 
@@ -45,6 +45,12 @@ def _finish_classification(session: Session, evaluation_id: str, tallies: list[d
                                   class_rows(merged, grid), merged.examples)
 
 
+def _finish_worst_case(session: Session, evaluation_id: str, tallies: list[dict[str, Any]], grid: Grid) -> bool:
+    # An early-exit gate measured no per-shift, per-class or example figures: no rows for them.
+    merged = merge_all(Tally.from_json, tallies)
+    return jobs.finish_evaluation(session, evaluation_id, worst_case_summary(merged, grid), [], [], [])
+
+
 def _finish_segmentation(session: Session, evaluation_id: str, tallies: list[dict[str, Any]], grid: Grid) -> bool:
     merged = merge_all(SegmentationTally.from_json, tallies)
     rows = segmentation_rows(merged, grid.shifts)
@@ -54,9 +60,10 @@ def _finish_segmentation(session: Session, evaluation_id: str, tallies: list[dic
     return True
 
 
-# Task -> how the merged tallies become the evaluation's results; True when this call finished it.
+# Task (or a classification's early-exit gate, "worst_case") -> how the merged tallies become the evaluation's results; True when this call finished it.
 FINISHERS: dict[str, Callable[[Session, str, list[dict[str, Any]], Grid], bool]] = {
     "classification": _finish_classification,
+    "worst_case": _finish_worst_case,
     "segmentation": _finish_segmentation,
 }
 

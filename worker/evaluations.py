@@ -28,6 +28,7 @@ from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
 from worker.engine.layers import LAYERS
+from core.runtimes import evaluation_runtime
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain
@@ -44,6 +45,7 @@ class Job:
     request: dict[str, Any]
     model: dict[str, Any]
     seconds_per_image: float | None
+    runtime: dict[str, Any]
     model_path: Path
     images_path: Path
     targets_path: Path
@@ -250,6 +252,7 @@ def _load(claimed: jobs.ClaimedChunk, settings: Settings) -> Job:
             request=evaluation.request,
             model={"id": model.id, **model_fields(model)},
             seconds_per_image=model.seconds_per_image,
+            runtime=evaluation.runtime or evaluation_runtime(model.format, None, "auto", settings.batch_size),
             model_path=blob_path(session, model.sha256, cache),
             images_path=blob_path(session, dataset.images_blob, cache),
             targets_path=blob_path(session, dataset.targets_blob, cache),
@@ -272,9 +275,10 @@ def _fail(claim: jobs.ChunkClaim, error_type: str, detail: str) -> None:
 def _sweep(job: Job, settings: Settings, until: float) -> None:
     claimed = job.claimed
     config = cage_config(settings)
-    key = (job.model["id"], job.model_path, job.images_path, job.targets_path, config)
+    backend, batch_size = job.runtime["backend"], int(job.runtime["batch_size"])
+    key = (job.model["id"], backend, job.model_path, job.images_path, job.targets_path, config)
     inputs = {"model": job.model_path, "images": job.images_path, "targets": job.targets_path}
-    fields = {name: value for name, value in job.model.items() if name != "id"}
+    fields = {**{name: value for name, value in job.model.items() if name != "id"}, "backend": backend}
     cage, fresh = POOL.take(key, inputs, fields, config)
     if fresh:
         cage.run({"op": "load"}, config.wall_seconds, "loading the model", until=until)
@@ -285,10 +289,10 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     result = cage.run(
         {
             "op": "sweep", "request": job.request, "start": claimed.start, "stop": claimed.stop,
-            "position": claimed.position, "tally": claimed.tally, "batch_size": settings.batch_size,
+            "position": claimed.position, "tally": claimed.tally, "batch_size": batch_size,
             "checkpoint_every": settings.progress_interval_s,
         },
-        batch_deadline(config, job.seconds_per_image, settings.batch_size), "a forward batch of the sweep",
+        batch_deadline(config, job.seconds_per_image, batch_size), "a forward batch of the sweep",
         on_event, until,
     )
     POOL.release(cage)
@@ -298,7 +302,8 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
                                   bool(job.request.get(LAYERS)))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    retrying(partial(completion.complete_chunk, task, claimed, chunk_tally, reporter.high_water, grid))
+    finisher = "worst_case" if task == "classification" and job.request.get("early_exit") else task
+    retrying(partial(completion.complete_chunk, finisher, claimed, chunk_tally, reporter.high_water, grid))
 
 
 def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:

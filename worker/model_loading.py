@@ -328,7 +328,6 @@ def _onnx_tensors(model: Any) -> Iterator[tuple[str, Any]]:
 def _load_onnx(path: Path, architecture: str | None, options: dict[str, Any], spec: dict[str, Any]) -> Model:
     """Load an ONNX model into a CPU onnxruntime session."""
     import onnx
-    import onnxruntime
 
     data = path.read_bytes()
     try:
@@ -344,11 +343,7 @@ def _load_onnx(path: Path, architecture: str | None, options: dict[str, Any], sp
                 "ShiftScore loads single-file models only: save it with "
                 "onnx.save(model, path, save_as_external_data=False)"
             )
-    session_options = onnxruntime.SessionOptions()
-    session_options.intra_op_num_threads = torch.get_num_threads()
-    session_options.inter_op_num_threads = 1
-    session_options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(data, sess_options=session_options, providers=["CPUExecutionProvider"])
+    session = onnx_session(data, torch.get_num_threads())
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelLoadError(f"the ONNX model takes {len(inputs)} inputs; ShiftScore feeds it one image batch")
@@ -357,6 +352,17 @@ def _load_onnx(path: Path, architecture: str | None, options: dict[str, Any], sp
     initializers = proto.graph.initializer
     num_parameters = sum(math.prod(t.dims) for t in initializers) if initializers else None
     return OnnxModel(session, num_parameters)
+
+
+def onnx_session(data: bytes, threads: int) -> Any:
+    """A CPU ONNX Runtime session over a model's bytes, on `threads` threads (as torch is told)."""
+    import onnxruntime
+
+    session_options = onnxruntime.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    session_options.inter_op_num_threads = 1
+    session_options.log_severity_level = 3
+    return onnxruntime.InferenceSession(data, sess_options=session_options, providers=["CPUExecutionProvider"])
 
 
 def count_parameters(model: Model) -> int | None:

@@ -1,4 +1,4 @@
-"""Check an uploaded model in its sandbox: load it, run it on the declared input, time a batch.
+"""Check an uploaded model in its sandbox: load it, run it on the declared input, choose its runtime.
 
 Validation holds a lease like a chunk (db.jobs.claim_validation): a model whose
 worker dies is taken over after SHIFTSCORE_STALE_AFTER, and one that was
@@ -18,6 +18,7 @@ from db import jobs
 from db.blobs import blob_path
 from db.models import Model
 from db.session import session_scope
+from core.runtimes import BadRuntime, check_runtime
 from worker.evaluations import Heartbeat, model_fields
 from worker.sandbox.cage import Cage, CageFailure
 from worker.sandbox.failures import explain
@@ -44,10 +45,10 @@ def validate_uploaded_model(model_id: str, worker: str) -> None:
         fields = model_fields(model)
         path = blob_path(session, model.sha256, settings.cache_dir)
     config = cage_config(settings)
-    outcome: dict[str, Any] = {"error": None, "num_parameters": None, "num_outputs": None}
+    outcome: dict[str, Any] = {"error": None, "num_parameters": None, "num_outputs": None, "runtime": None}
     with Heartbeat(partial(_beat, claim), max(0.1, settings.stale_after_s / 4)):
         try:
-            outcome.update(_check(fields, path, config, settings.batch_size))
+            outcome.update(_check(fields, path, config))
         except CageFailure as exc:
             outcome["error"] = explain(exc, config, "validation")[1]
             log.info("model %s is invalid: %s (%s)", model_id, outcome["error"], exc.kind)
@@ -55,7 +56,7 @@ def validate_uploaded_model(model_id: str, worker: str) -> None:
         jobs.record_model_validation(session, claim, **outcome)
 
 
-def _check(fields: dict[str, Any], path: Any, config: Any, batch_size: int) -> dict[str, Any]:
+def _check(fields: dict[str, Any], path: Any, config: Any) -> dict[str, Any]:
     """Everything validation learns about the model; the whole must fit in the wall-time limit."""
     cage = Cage({"model": path}, fields, config)
     started = time.monotonic()
@@ -65,14 +66,24 @@ def _check(fields: dict[str, Any], path: Any, config: Any, batch_size: int) -> d
 
     try:
         loaded = cage.run({"op": "load"}, left(), "loading the model")
-        checked = cage.run({"op": "validate", "batch_size": batch_size}, left(), "running the model on its declared input")
+        # Half of what is left for choosing the runtime: the rest is margin for a busy machine.
+        checked = cage.run({"op": "validate", "budget_s": left() / 2}, left(),
+                           "running the model on its declared input")
     finally:
         cage.close()
     return {
         "num_parameters": _optional_count(loaded.get("num_parameters")),
         "num_outputs": _optional_count(checked.get("num_outputs")),
         "seconds_per_image": _seconds(checked.get("seconds_per_image")),
+        "runtime": _runtime(checked.get("runtime"), fields["format"]),
     }
+
+
+def _runtime(record: Any, fmt: str) -> dict[str, Any]:
+    try:
+        return check_runtime(record, fmt)
+    except BadRuntime as exc:
+        raise CageFailure("protocol", f"the sandbox reported an impossible runtime choice: {exc}") from exc
 
 
 def _optional_count(value: Any) -> int | None:

@@ -49,6 +49,8 @@ class Model(BaseModel):
     num_parameters: int | None
     num_outputs: int | None
     input: InputSpecOut
+    # The runtime chosen at validation: backend, batch_size, each candidate's agreement and timing.
+    runtime: dict[str, Any] | None
     created_at: str
 
 
@@ -64,12 +66,14 @@ class EvaluationError(BaseModel):
 
 class Summary(BaseModel):
     clean_accuracy: float
-    mean_accuracy: float
+    # null for an early_exit evaluation, which measures the worst case only (see `note`).
+    mean_accuracy: float | None
     worst_case_accuracy: float
-    consistency: float
+    consistency: float | None
     flip_rate: float | None
     num_samples: int
     num_shifts: int
+    note: str | None = None
 
 
 class Warning(BaseModel):
@@ -92,6 +96,8 @@ class Evaluation(BaseModel):
     sweep_key: str
     tags: list[str]
     summary: Summary | None
+    # What the sweep ran on: backend, batch_size, forced, and the agreement check's figures.
+    runtime: dict[str, Any] | None
     warnings: list[Warning]
 
 

@@ -136,6 +136,10 @@ class EvaluationCreate(Strict):
     layers: bool | list[str] | None = None
     webhook_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s/]+")
     tags: list[str] = Field(default_factory=list, max_length=20)
+    # "auto": the runtime chosen at validation; "torch": the model's own eager runtime (docs/runtimes.md).
+    backend: Literal["auto", "torch"] = "auto"
+    # Stop each sample at its first wrong shift: exact worst_case_accuracy and clean_accuracy only.
+    early_exit: bool = False
 
     @field_validator("layers")
     @classmethod

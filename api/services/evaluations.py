@@ -28,6 +28,7 @@ from db import jobs
 from db.blobs import hold_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
+from core.runtimes import TORCH, evaluation_runtime, reference_backend
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
         raise Unprocessable(f"model '{model.id}' is invalid and cannot be evaluated: {model.error}")
     check_layers_request(body.layers, model)
     check_task(model, dataset)
+    _check_runtime_options(body, model)
     spec = model.input_spec
     if dataset.channels != spec["channels"]:
         raise Unprocessable(
@@ -58,6 +60,18 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
             f"{model.num_outputs} logits"
         )
     return grid
+
+
+def _check_runtime_options(body: EvaluationCreate, model: Model) -> None:
+    """`backend` and `early_exit` against the model (422s)."""
+    if body.backend == TORCH and reference_backend(model.format) != TORCH:
+        raise Unprocessable("an ONNX model runs on ONNX Runtime, its own runtime; backend 'torch' is for "
+                            "torchscript, exported and state_dict models",
+                            errors=[{"field": "backend", "message": "not available for format 'onnx'"}])
+    if body.early_exit and (body.layers or model.task == "segmentation"):
+        raise Unprocessable("early_exit measures a classifier's worst case only; it cannot be combined with "
+                            "layers or used on a segmentation model",
+                            errors=[{"field": "early_exit", "message": "classification without layers only"}])
 
 
 def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
@@ -88,6 +102,7 @@ def _queued_evaluation(tenant_id: str, body: EvaluationCreate, model: Model, dat
         images_per_sample=grid.images_per_sample,
         progress_total=num_samples * grid.images_per_sample,
         webhook_url=body.webhook_url,
+        runtime=evaluation_runtime(model.format, model.runtime, body.backend, current_settings().batch_size),
     )
 
 

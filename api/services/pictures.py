@@ -41,6 +41,9 @@ def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: Heatmap
     """The evaluation's accuracy (or agreement, or both) over its grid as a PNG."""
     rows = shift_results(session, tenant_id, evaluation_id)
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    if evaluation.request.get("early_exit"):
+        raise Unprocessable("an early_exit evaluation measures the worst case only: it has no per-shift "
+                            "accuracy to draw; run it without early_exit for a heatmap")
     model, dataset = _names(session, evaluation)
     metrics = ["accuracy", "agreement"] if query.metric == "both" else [query.metric]
     return drawing.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from api.http.schemas import HeatmapQuery
 from api.http.serializers import dataset_json, iso, model_json
 from api.http.settings import current_settings
-from api.services import drawing
 from api.services import pictures as picture_service
 from api.services.pictures import SweepGeometry
 from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
@@ -57,8 +56,8 @@ def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> s
     dataset_name = dataset.name if dataset else evaluation.dataset_id
     segmentation = is_segmentation(evaluation)
     # The same picture as GET …/heatmap.png?metric=both (accuracy alone for segmentation).
-    heatmap = picture_service.heatmap(session, tenant_id, evaluation_id,
-                                      HeatmapQuery(metric="accuracy" if segmentation else "both"))
+    heatmap = None if evaluation.request.get("early_exit") else picture_service.heatmap(
+        session, tenant_id, evaluation_id, HeatmapQuery(metric="accuracy" if segmentation else "both"))
     summary = evaluation.summary or {}
     return render_template(
         "report/evaluation.html",
@@ -68,7 +67,7 @@ def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> s
         metrics=[(label, summary.get(key)) for key, label in METRICS],
         summary=summary, warnings=warnings_by_id(session, [evaluation])[evaluation.id],
         sweep={key: evaluation.request.get(key) for key in ("shifts", "padding", "fill", "max_samples", "seed")},
-        heatmap=data_uri(heatmap),
+        heatmap=data_uri(heatmap) if heatmap else None,
         classes=[] if segmentation else class_results(session, tenant_id, evaluation_id),
         examples=[] if segmentation else _samples(session, evaluation, dataset, example_results(
             session, tenant_id, evaluation_id, REPORT_EXAMPLES)),

@@ -20,4 +20,7 @@ def digest(data: Any) -> str:
 def sweep_key(dataset_id: str, grid: Grid, request: dict[str, Any]) -> str:
     """The sweep's identity as a hex digest: the dataset, the grid and the rest of SWEEP_FIELDS."""
     rest = {name: request.get(name) for name in SWEEP_FIELDS if name != "shifts"}
-    return digest({"dataset_id": dataset_id, "grid": grid.to_json(), **rest})
+    # A worst-case gate measures fewer metrics: never ranked beside full sweeps. Named only when
+    # set, so a full sweep keeps the key it had before gates existed.
+    gate = {"early_exit": True} if request.get("early_exit") else {}
+    return digest({"dataset_id": dataset_id, "grid": grid.to_json(), **rest, **gate})

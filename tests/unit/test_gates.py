@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from shiftscore import junit
-from shiftscore.eval_command import UsageError, add_eval_parser, gate
+from shiftscore.eval_command import UsageError, add_eval_parser, gate, wants_early_exit
 
 BASELINE = {"id": "base", "summary": {"consistency": 0.80, "worst_case_accuracy": 0.50, "flip_rate": 0.10,
                                       "mean_accuracy": 0.9, "clean_accuracy": 0.99}}
@@ -54,3 +54,16 @@ def test_junit_counts_failures_and_errors(tmp_path):
     root = ET.parse(tmp_path / "e.xml").getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("1", "0", "1")
     assert root.find("testsuite/testcase/error").get("message") == "Evaluation failed: boom"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--min-worst-case", "0.5"], True),
+    (["--min-worst-case", "0.5", "--min-consistency", "0.9"], False),
+    (["--min-worst-case", "0.5", "--baseline", "b", "--max-drop", "consistency=0.1"], False),
+    (["--min-worst-case", "0.5", "--no-early-exit"], False),
+    (["--min-consistency", "0.9"], False),
+    (["--early-exit"], True),
+    ([], False),
+])
+def test_early_exit_by_default_only_for_a_lone_worst_case_gate(argv, expected):
+    assert wants_early_exit(args(*argv)) is expected

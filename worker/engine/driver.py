@@ -40,13 +40,15 @@ class ChunkViews:
     def stop(self) -> int:
         return self.begin + len(self.rows)
 
-    def batch(self, shifts: Sequence[Shift]) -> torch.Tensor:
-        """The model's input for these shifts of the chunk, one contiguous N×C×H×W tensor."""
+    def batch(self, shifts: Sequence[Shift], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's input for these shifts of the chunk (or of its `rows`), one contiguous N×C×H×W tensor."""
         views = [
             self.normalized.integer_view(int(dx), int(dy)) if _integral(dx, dy)
             else normalize(self.raw.view(dx, dy), self.mean, self.std)
             for dx, dy in shifts
         ]
+        if rows is not None:
+            views = [view.index_select(0, rows) for view in views]
         # The one copy per image: the views are strided windows into the canvas.
         return views[0].contiguous() if len(views) == 1 else torch.cat(views)
 

@@ -24,6 +24,19 @@ def summary(tally: Tally, grid: Grid) -> dict[str, Any]:
     }
 
 
+EARLY_EXIT_NOTE = (
+    "early_exit: each sample stopped at its first wrong shift, so only clean_accuracy and "
+    "worst_case_accuracy (both exact) were measured; the per-shift metrics are null"
+)
+
+
+def worst_case_summary(tally: Tally, grid: Grid) -> dict[str, Any]:
+    """The summary of an early_exit sweep: the worst case and the clean accuracy, the rest null."""
+    full = summary(tally, grid)
+    nulls = dict.fromkeys(("mean_accuracy", "consistency", "flip_rate"))
+    return {**full, **nulls, "note": EARLY_EXIT_NOTE}
+
+
 def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
     """One row per grid shift, in grid order (dy, then dx)."""
     rows = []

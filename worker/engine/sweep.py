@@ -14,7 +14,7 @@ from worker.engine.tally import Tally
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _check_logits(logits: torch.Tensor, batch_rows: int, num_labels: int) -> None:
+def check_logits(logits: torch.Tensor, batch_rows: int, num_labels: int) -> None:
     """Shape checks only: they read no values, so a GPU can keep running ahead."""
     if logits.ndim != 2:
         raise SweepError(
@@ -64,7 +64,7 @@ class Predictions:
 
     def add(self, views: ChunkViews, shifts: Sequence[Shift], logits: torch.Tensor) -> None:
         rows = len(views.rows)
-        _check_logits(logits, rows * len(shifts), self.num_labels)
+        check_logits(logits, rows * len(shifts), self.num_labels)
         self.finite.append(torch.isfinite(logits).all())
         # argmax takes the first of tied maxima, on CPU and CUDA alike (SPEC §1).
         self.predicted[self.filled : self.filled + len(shifts)] = (
@@ -76,7 +76,8 @@ class Predictions:
         self.filled += len(shifts)
 
     def end(self, views: ChunkViews) -> None:
-        if not all(bool(flag) for flag in self.finite):
+        # One sync for the whole chunk: the flags stay on the device until here.
+        if not bool(torch.stack(self.finite).all()):
             raise SweepError("the model's output is not finite (NaN or infinity) for some inputs")
         size = self.grid.size
         all_predictions = np.ascontiguousarray(self.predicted.cpu().numpy().T)

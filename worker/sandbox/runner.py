@@ -6,6 +6,7 @@ and the events passed to `send`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,23 +15,17 @@ import numpy as np
 import torch
 
 from core.grid import build_grid
+from worker.engine.device import pick_device
+from worker.engine.early_exit import run_worst_case
 from worker.engine.layers import LAYERS, run_layer_profile
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
+from worker.sandbox import backends
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
 
 Send = Callable[..., None]
-# Validation times a batch of this many images to set the sweep's per-batch deadline.
-TIMING_IMAGES = 32
-
-
-def pick_device(setting: str) -> torch.device:
-    """The device the settings ask for; `auto` takes CUDA when there is one."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
@@ -55,6 +50,8 @@ class Runner:
         self.fields: dict[str, Any] = setup["model"]
         self.paths: dict[str, str] = setup["paths"]
         self.model: Any = None
+        # What sweeps call: the model itself, or the runtime validation chose for it.
+        self.forward: Any = None
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run one job and return its result."""
@@ -69,24 +66,20 @@ class Runner:
         )
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
-        self.model = model
+        self.model = self.forward = model
+        if fields.get("backend") == backends.ONNXRUNTIME and fields["format"] != "onnx":
+            example = backends.validation_batch(fields["input"], self.device)
+            self.forward = backends.onnx_export(model, example, torch.get_num_threads())
         return {"num_parameters": count_parameters(model)}
 
     def validate(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Check the model on its declared input, then choose and time its runtime (backends.choose)."""
         checked = validate_model(self.model, self.fields["input"], self.fields["task"])
-        return {**checked, "seconds_per_image": self._seconds_per_image(int(job["batch_size"]))}
-
-    def _seconds_per_image(self, batch_size: int) -> float:
-        """Time one forward batch of seeded noise (after a warm-up) at the declared input."""
-        spec = self.fields["input"]
-        count = max(1, min(batch_size, TIMING_IMAGES))
-        noise = torch.rand(count, spec["channels"], spec["height"], spec["width"],
-                           generator=torch.Generator().manual_seed(0)).to(self.device)
-        with torch.inference_mode():
-            self.model(noise)
-            started = time.perf_counter()
-            self.model(noise)
-        return (time.perf_counter() - started) / count
+        runtime, _ = backends.choose(self.fields["format"], self.model, self.fields["input"], self.device,
+                                     float(job.get("budget_s", math.inf)))
+        # The per-batch deadline must hold for every runtime a request may force: the slowest kept.
+        slowest = max(entry["seconds_per_image"] for entry in runtime["candidates"].values() if entry["kept"])
+        return {**checked, "seconds_per_image": slowest, "runtime": runtime}
 
     def sweep(self, job: dict[str, Any]) -> dict[str, Any]:
         """Sweep samples `[start, stop)` of the evaluation, resuming at `position` from `tally`."""
@@ -103,10 +96,11 @@ class Runner:
         )
         if self.fields["task"] == "segmentation":
             saved = SegmentationTally.from_json(job["tally"]) if job["tally"] else None
-            tally: Any = run_segmentation_sweep(self.model, images, targets, rows, plan, tally=saved, **common)
+            tally: Any = run_segmentation_sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
         else:
             saved = Tally.from_json(job["tally"]) if job["tally"] else None
-            tally = run_sweep(self.model, images, targets, rows, plan, tally=saved, **common)
+            sweep = run_worst_case if request.get("early_exit") else run_sweep
+            tally = sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
         chunk_tally = tally.to_json()
         asked = request.get(LAYERS)
         if asked:

@@ -1,0 +1,94 @@
+"""Which runtime and batch size a sweep uses: the sandbox's record of them, checked, and the choice.
+
+Torch-free: the API fixes an evaluation's runtime at submission from the model's
+record (worker/sandbox/backends.py makes it, once, at validation) and the request.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+TORCH, ONNXRUNTIME = "torch", "onnxruntime"
+BACKENDS = (TORCH, ONNXRUNTIME)
+# What a request may ask for: the chosen runtime, or torch eager (the model's own runtime).
+REQUESTABLE = ("auto", TORCH)
+MAX_BATCH_SIZE = 4096
+_AGREEMENT = ("rows", "argmax_equal", "max_abs_diff", "tolerance")
+
+
+class BadRuntime(ValueError):
+    """The sandbox's runtime record is not one it could have made."""
+
+
+def reference_backend(fmt: str) -> str:
+    """The model's own runtime, against which every other candidate is checked."""
+    return ONNXRUNTIME if fmt == "onnx" else TORCH
+
+
+def _number(value: Any, what: str, low: float = 0.0, high: float = 1e9) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRuntime(f"{what} is not a number")
+    if not low <= value <= high:
+        raise BadRuntime(f"{what} is out of range")
+    return float(value)
+
+
+def _count(value: Any, what: str, high: int = MAX_BATCH_SIZE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise BadRuntime(f"{what} is not a count")
+    return value
+
+
+def _candidate(name: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("kept"), bool):
+        raise BadRuntime(f"the entry for {name} is malformed")
+    reason = entry.get("reason")
+    clean: dict[str, Any] = {"kept": entry["kept"], "reason": None if reason is None else str(reason)[:300]}
+    if "rows" in entry:
+        clean["rows"] = _count(entry["rows"], "rows")
+        clean["argmax_equal"] = _count(entry["argmax_equal"], "argmax_equal")
+        for key in ("max_abs_diff", "tolerance"):
+            clean[key] = None if entry.get(key) is None else _number(entry[key], key, high=math.inf)
+    if entry["kept"]:
+        clean["batch_size"] = _count(entry.get("batch_size"), "batch_size")
+        clean["seconds_per_image"] = _number(entry.get("seconds_per_image"), "seconds_per_image", high=3600)
+        sizes = entry.get("per_batch_size")
+        if not isinstance(sizes, dict) or len(sizes) > 16:
+            raise BadRuntime("per_batch_size is malformed")
+        clean["per_batch_size"] = {str(_count(int(size) if str(size).isdigit() else -1, "a batch size")):
+                                   _number(seconds, "seconds", high=3600) for size, seconds in sizes.items()}
+    return clean
+
+
+def check_runtime(record: Any, fmt: str) -> dict[str, Any]:
+    """The sandbox's runtime record, rebuilt from checked fields only; raises BadRuntime."""
+    if not isinstance(record, dict) or not isinstance(record.get("candidates"), dict):
+        raise BadRuntime("the runtime record is not an object")
+    candidates = record["candidates"]
+    if not set(candidates) <= set(BACKENDS) or reference_backend(fmt) not in candidates:
+        raise BadRuntime("the runtime record names unknown runtimes")
+    checked = {name: _candidate(name, entry) for name, entry in candidates.items()}
+    backend = record.get("backend")
+    if backend not in checked or not checked[backend]["kept"]:
+        raise BadRuntime("the chosen runtime was not kept")
+    return {
+        "backend": backend, "reference": reference_backend(fmt),
+        "batch_size": checked[backend]["batch_size"],
+        "seconds_per_image": checked[backend]["seconds_per_image"], "candidates": checked,
+    }
+
+
+def evaluation_runtime(fmt: str, model_runtime: dict[str, Any] | None, requested: str,
+                       default_batch_size: int) -> dict[str, Any]:
+    """What an evaluation runs on: the backend, its batch size, and the agreement figures behind it."""
+    if model_runtime is None:
+        # Validated before runtimes were chosen: the model's own runtime at the global batch size.
+        return {"backend": reference_backend(fmt), "batch_size": default_batch_size, "forced": requested != "auto",
+                "agreement": None}
+    backend = model_runtime["backend"] if requested == "auto" else requested
+    entry = model_runtime["candidates"][backend]
+    return {
+        "backend": backend, "batch_size": entry["batch_size"], "forced": requested != "auto",
+        "agreement": {key: entry.get(key) for key in _AGREEMENT},
+    }

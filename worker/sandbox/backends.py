@@ -1,0 +1,242 @@
+"""Inside the cage: the runtimes a model can be swept on, the agreement check, and the one timing.
+
+The reference runtime is the model's own: torch eager for TorchScript, exported
+programs and state dicts, ONNX Runtime for an uploaded ONNX file. ONNX Runtime
+is the other candidate for torch models (exported in memory, never to a file).
+A candidate is kept only if, on the validation batch, every row's argmax equals
+the reference's and its logits agree within the tolerance below; then the
+fastest kept (runtime, batch size) by one measurement, made here once, is the
+model's choice. Sweeps read the choice and never measure again.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import types
+from copy import deepcopy as copy_module
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from worker.model_loading import OnnxModel, onnx_session
+from core.runtimes import ONNXRUNTIME, TORCH, reference_backend
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# The validation batch: VALIDATION_ROWS images of the declared input, half uniform noise
+# and half 4×4-blocky noise (large flat areas, like real images), from a fixed seed, normalized
+# like the sweep normalizes.
+VALIDATION_ROWS = 32
+VALIDATION_SEED = 0
+# Logits agree when max |candidate − reference| ≤ ABS_TOLERANCE + REL_TOLERANCE × max |reference|.
+ABS_TOLERANCE = 1e-4
+REL_TOLERANCE = 1e-3
+# Batch sizes tried, smallest first; a larger one is tried only while one batch's input stays
+# under INPUT_BYTES_CAP and the timing so far under TIMING_BUDGET_S (per runtime).
+BATCH_SIZES = (16, 64, 256, 512)
+INPUT_BYTES_CAP = 64 * 1024 * 1024
+TIMING_BUDGET_S = 3.0
+NEAR_BEST = 0.05
+
+
+def validation_batch(spec: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The fixed, documented batch every candidate is compared on."""
+    channels, height, width = spec["channels"], spec["height"], spec["width"]
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    half = VALIDATION_ROWS // 2
+    uniform = torch.rand(half, channels, height, width, generator=generator)
+    coarse = torch.rand(VALIDATION_ROWS - half, channels, (height + 3) // 4, (width + 3) // 4, generator=generator)
+    blocky = coarse.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)[:, :, :height, :width]
+    images = torch.cat([uniform, blocky])
+    mean = _channel_values(spec.get("mean"), channels, 0.0)
+    std = _channel_values(spec.get("std"), channels, 1.0)
+    return ((images - mean) / std).contiguous().to(device)
+
+
+def _channel_values(value: Any, channels: int, default: float) -> torch.Tensor:
+    values = [default] if value is None else [value] if isinstance(value, (int, float)) else list(value)
+    return torch.tensor(values * (channels // len(values)), dtype=torch.float32).view(1, channels, 1, 1)
+
+
+def agreement(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
+    """How closely a candidate's output matches the reference's on the validation batch."""
+    reference, candidate = reference.detach().float().cpu(), candidate.detach().float().cpu()
+    if reference.shape != candidate.shape:
+        return {"rows": int(reference.shape[0]), "argmax_equal": 0, "max_abs_diff": None,
+                "tolerance": None, "agrees": False, "reason": "the output shape differs"}
+    same = (reference.argmax(dim=1) == candidate.argmax(dim=1)).reshape(reference.shape[0], -1).all(dim=1)
+    difference = float((reference - candidate).abs().max()) if reference.numel() else 0.0
+    tolerance = ABS_TOLERANCE + REL_TOLERANCE * float(reference.abs().max())
+    argmax_equal = int(same.sum())
+    agrees = argmax_equal == reference.shape[0] and np.isfinite(difference) and difference <= tolerance
+    reason = None
+    if argmax_equal < reference.shape[0]:
+        reason = f"argmax differs on {reference.shape[0] - argmax_equal} of {reference.shape[0]} rows"
+    elif not agrees:
+        reason = f"logits differ by {difference:.3g}, over the tolerance {tolerance:.3g}"
+    return {"rows": int(reference.shape[0]), "argmax_equal": argmax_equal, "max_abs_diff": difference,
+            "tolerance": tolerance, "agrees": bool(agrees), "reason": reason}
+
+
+class _MatrixAveragePool(torch.nn.Module):
+    """nn.AdaptiveAvgPool2d at one input size as two matrix products, which ONNX can express.
+
+    ONNX has no adaptive pooling: its exporter refuses an output size that does not
+    divide the input (LeNet's 7×7 → 4×4). The windows are the same; only the order of
+    the sums can differ, which the agreement check measures.
+    """
+
+    def __init__(self, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("rows", _pool_matrix(input_hw[0], output_hw[0]))
+        self.register_buffer("columns", _pool_matrix(input_hw[1], output_hw[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.rows, x), self.columns.t())
+
+
+def _pool_matrix(size: int, out: int) -> torch.Tensor:
+    """out×size: row i averages torch's adaptive window [⌊i·size/out⌋, ⌈(i+1)·size/out⌉)."""
+    matrix = torch.zeros(out, size)
+    for i in range(out):
+        start, stop = (i * size) // out, -((-(i + 1) * size) // out)
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return matrix
+
+
+def _exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """A copy of an eager model whose adaptive average pools are fixed matrices at the declared input."""
+    pools = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.AdaptiveAvgPool2d]
+    if not pools or isinstance(model, torch.jit.ScriptModule):
+        return model
+    seen: dict[str, tuple[int, int]] = {}
+    hooks = [module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].shape[-2:]))
+             for name, module in pools]
+    try:
+        with torch.inference_mode():
+            model(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    copy = copy_module(model)
+    for name, module in pools:
+        if not name or name not in seen:
+            continue
+        out = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,) * 2
+        hw = tuple(int(v) for v in seen[name])
+        out = tuple(hw[i] if v is None else int(v) for i, v in enumerate(out))
+        parent, _, leaf = name.rpartition(".")
+        setattr(copy.get_submodule(parent) if parent else copy, leaf, _MatrixAveragePool(hw, out))
+    return copy
+
+
+def onnx_export(model: torch.nn.Module, example: torch.Tensor, threads: int) -> OnnxModel:
+    """The torch model as an ONNX Runtime session, exported in memory with a dynamic batch."""
+    buffer = io.BytesIO()
+    target = _exportable(model, example)
+    # The exporter switches the module to eval mode through train(False), which a torch.export
+    # program refuses; every loaded model is in eval mode already (worker.model_loading).
+    target.train = types.MethodType(lambda self, mode=True: self, target)  # type: ignore[method-assign]
+    try:
+        torch.onnx.export(
+            target, (example[:2].cpu(),), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+        )
+    finally:
+        del target.train
+    return OnnxModel(onnx_session(buffer.getvalue(), threads), None)
+
+
+def candidates(fmt: str, model: Any, example: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """Name → forward (or the reason it could not be built); the reference first."""
+    if fmt == "onnx":
+        return {ONNXRUNTIME: model}
+    built: dict[str, Any] = {TORCH: model}
+    if device.type == "cpu" and isinstance(model, torch.nn.Module):
+        try:
+            built[ONNXRUNTIME] = onnx_export(model, example, torch.get_num_threads())
+        except Exception as exc:  # noqa: BLE001 — a model that does not export stays on torch
+            built[ONNXRUNTIME] = f"the ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}"
+    return built
+
+
+def time_batches(forward: Forward, sample: torch.Tensor, expected: torch.Tensor,
+                 deadline: float = math.inf) -> dict[str, Any]:
+    """Seconds per image at each batch size tried (best of two after a warm-up), and the fastest size.
+
+    Kernels may pick other algorithms at other batch sizes: a size whose predictions
+    differ from the reference's on the repeated validation batch is not eligible.
+    """
+    per_image: dict[str, float] = {}
+    image_bytes = sample[0].numel() * 4
+    spent = 0.0
+    with torch.inference_mode():
+        for size in BATCH_SIZES:
+            over = spent > TIMING_BUDGET_S or time.monotonic() > deadline
+            if size > BATCH_SIZES[0] and (size * image_bytes > INPUT_BYTES_CAP or over):
+                break
+            repeats = (size + len(sample) - 1) // len(sample)
+            batch = sample.repeat(repeats, 1, 1, 1)[:size].contiguous()
+            wanted = expected.argmax(dim=1).repeat(repeats, *([1] * (expected.ndim - 2)))[:size]
+            same = bool((forward(batch).argmax(dim=1).cpu() == wanted.cpu()).all())
+            seconds = [_timed(forward, batch) for _ in range(2)]
+            spent += sum(seconds) * 1.5
+            if same:
+                per_image[str(size)] = min(seconds) / size
+    if not per_image:
+        raise RuntimeError("no batch size reproduced the validation batch's predictions")
+    # Within NEAR_BEST of the fastest, the largest: the engine's own cost is per batch.
+    fastest = min(per_image.values())
+    best = max((size for size, seconds in per_image.items() if seconds <= fastest * (1 + NEAR_BEST)), key=int)
+    return {"seconds_per_image": per_image[best], "batch_size": int(best), "per_batch_size": per_image}
+
+
+def _timed(forward: Forward, batch: torch.Tensor) -> float:
+    started = time.perf_counter()
+    output = forward(batch)
+    if output.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device,
+           budget_s: float = math.inf) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check and time every candidate; return the runtime record and name → forward of those kept.
+
+    Past `budget_s` only the reference is timed (at its smallest batch size if need be), so a
+    slow model or a busy machine never makes validation overrun its wall-time limit.
+    """
+    deadline = time.monotonic() + budget_s
+    batch = validation_batch(spec, device)
+    reference = reference_backend(fmt)
+    built = candidates(fmt, model, batch, device)
+    with torch.inference_mode():
+        expected = built[reference](batch)
+    report: dict[str, Any] = {}
+    kept: dict[str, Forward] = {}
+    for name, forward in built.items():
+        if name != reference and time.monotonic() > deadline:
+            forward = "validation had no time left to check it (SHIFTSCORE_SANDBOX_WALL_SECONDS)"
+        if isinstance(forward, str):
+            report[name] = {"kept": False, "reason": forward}
+            continue
+        with torch.inference_mode():
+            checked = agreement(expected, forward(batch)) if name != reference else agreement(expected, expected)
+        report[name] = {"kept": checked["agrees"], **checked}
+        if checked["agrees"]:
+            try:
+                report[name].update(time_batches(forward, batch, expected, deadline))
+            except RuntimeError as exc:
+                report[name].update(kept=False, reason=str(exc))
+                continue
+            kept[name] = forward
+    best = min(kept, key=lambda name: report[name]["seconds_per_image"])
+    record = {
+        "backend": best, "reference": reference, "batch_size": report[best]["batch_size"],
+        "seconds_per_image": report[best]["seconds_per_image"], "candidates": report,
+    }
+    return record, kept
