@@ -71,7 +71,7 @@ def early_exit_row() -> list:
     gated = worst_case_summary(run_worst_case(model, images, labels, rows, plan, batch_size=256), grid)
     gated_s = time.perf_counter() - began
     same = gated["worst_case_accuracy"] == full["worst_case_accuracy"]
-    return ["early_exit ÷ full sweep, digits CNN, digits ±3", f"{len(labels)}×{plan.images_per_sample()}",
+    return ["early_exit ÷ full sweep, digits CNN, digits ±3", f"{len(labels)}×{plan.grid.images_per_sample}",
             "engine, 1 thread", f"worst case {full['worst_case_accuracy']:.4f}", full_s, gated_s, gated_s / full_s,
             "yes" if same else "NO"]
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from tests.reference import reference_sweep
-from core import architecture_catalog, architectures
+from core import architecture_catalog
+from worker import architectures
 from core.grid import build_grid
 from worker.engine.metrics import shift_rows, summary
 from worker.engine.plan import SweepPlan

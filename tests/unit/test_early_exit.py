@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from tests.models import DIGITS_INPUT, circular_invariant_cnn, digits_arrays, trained_digits_cnn
-from core import architecture_catalog, architectures
+from core import architecture_catalog
+from worker import architectures
 from worker.engine.early_exit import gate_order, run_worst_case
 from core.grid import build_grid
 from worker.engine.metrics import summary, worst_case_summary
@@ -65,7 +66,7 @@ def test_worst_case_equals_full_sweep(case, padding):
     assert gated["clean_accuracy"] == full["clean_accuracy"]
     assert gated["mean_accuracy"] is None and gated["consistency"] is None and gated["flip_rate"] is None
     assert "early_exit" in gated["note"]
-    assert counting.images <= 40 * plan.images_per_sample()
+    assert counting.images <= 40 * plan.grid.images_per_sample
 
 
 def test_trained_digits_model_gate_equals_full_sweep():
@@ -91,7 +92,7 @@ def test_gate_resumes_from_a_checkpoint_and_stops_failing_samples_early():
     plan = SweepPlan(grid, "zeros", 0.0, (0.0,), (1.0,), (28, 28))
     whole = run_worst_case(model, images, labels, np.arange(40), plan, batch_size=16)
     # random labels: most samples fail at once, so far fewer than N × S images are run
-    assert model.images < 40 * plan.images_per_sample() / 4
+    assert model.images < 40 * plan.grid.images_per_sample / 4
     saved = []
     run_worst_case(model, images, labels, np.arange(40), plan, batch_size=16,
                    on_chunk=lambda tally, stop: saved.append((tally.to_json(), stop)))

@@ -56,7 +56,7 @@ def run_worst_case(
             clean_ok, worst_ok = _gate_chunk(predict, views, order, truth, batch_size, num_labels)
             _count(tally, truth.numpy(), clean_ok, worst_ok)
             if on_progress is not None:
-                on_progress(views.stop * plan.images_per_sample())
+                on_progress(views.stop * plan.grid.images_per_sample)
             if on_chunk is not None:
                 on_chunk(tally, views.stop)
     return tally
