@@ -37,7 +37,11 @@ class Endless(nn.Module):
 
 
 class HangsOnBigBatches(nn.Module):
-    """Passes validation (batches of 2 and 32), then never returns on the sweep's batches of 128."""
+    """Passes validation (seeded noise, at every batch size it times), then never returns on real images.
+
+    Validation measures batch sizes up to 512 now, so the trigger is the data, not the batch: a
+    digit is mostly background (over 40% of pixels at the batch's minimum), noise never is.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +49,7 @@ class HangsOnBigBatches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = x.sum()
-        if x.shape[0] > 64:
+        if bool((x == x.min()).float().mean() > 0.4):
             while bool(total > -1.0e30):
                 total = total * 1.0
         return self.head(x.flatten(1))
