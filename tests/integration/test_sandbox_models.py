@@ -40,7 +40,8 @@ class HangsOnBigBatches(nn.Module):
     """Passes validation (seeded noise, at every batch size it times), then never returns on real images.
 
     Validation measures batch sizes up to 512 now, so the trigger is the data, not the batch: a
-    digit is mostly background (over 40% of pixels at the batch's minimum), noise never is.
+    digit is mostly background (over 40% of pixels at the batch's minimum), noise never is, and
+    validation's blank images are nothing but background.
     """
 
     def __init__(self) -> None:
@@ -49,7 +50,8 @@ class HangsOnBigBatches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = x.sum()
-        if bool((x == x.min()).float().mean() > 0.4):
+        background = (x == x.min()).float().mean()
+        if bool((background > 0.4) & (background < 0.99)):
             while bool(total > -1.0e30):
                 total = total * 1.0
         return self.head(x.flatten(1))
