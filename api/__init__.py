@@ -14,6 +14,7 @@ from api.routes import (
     dashboard, datasets, docs, evaluations, health, leaderboard, metrics, models, pictures, tenant,
 )
 from api.schemas import reject_nul
+from api.uploads import StreamingRequest
 from shiftscore.settings import Settings, get_settings
 
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The Flask app, wired to the settings' database and broker."""
     settings = settings or get_settings()
     app = Flask(__name__)
+    app.request_class = StreamingRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # Form fields beside a file part stay small; the file itself spools to disk.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024

@@ -6,9 +6,9 @@ so a serializer that changes shape without them fails the suite.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.schemas import ModelFormat, Status, Task
 
@@ -18,11 +18,15 @@ class Dataset(BaseModel):
     name: str
     builtin: bool
     task: Task
-    num_samples: int
-    channels: int
-    height: int
-    width: int
-    num_classes: int
+    status: Literal["processing", "ready", "invalid"]
+    error: str | None
+    preprocess: dict[str, Any] | None = Field(description="the declared resize and center_crop, echoed")
+    num_samples: int | None = Field(description="null while processing")
+    channels: int | None
+    height: int | None
+    width: int | None
+    num_classes: int | None
+    classes: list[str] | None = Field(description="class names in label order, when known")
     sha256: str
     created_at: str
 

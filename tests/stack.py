@@ -219,11 +219,16 @@ class ApiSession(requests.Session):
         assert response.status_code in (200, 201), response.text
         return response.json()
 
-    def upload_dataset(self, path: Path, name: str = "data") -> dict:
+    def upload_dataset(self, path: Path, name: str = "data", **fields: str) -> dict:
+        """Upload a dataset and wait until a worker has ingested it; the dataset, ready or invalid."""
         with path.open("rb") as handle:
-            response = self.post("/v1/datasets", files={"file": handle}, data={"name": name})
-        assert response.status_code in (200, 201), response.text
-        return response.json()
+            response = self.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, **fields},
+                                 timeout=600)
+        assert response.status_code in (200, 201, 202), response.text
+        return self.wait_dataset(response.json()["id"])
+
+    def wait_dataset(self, dataset_id: str, timeout: float = 120) -> dict:
+        return self._wait(f"/v1/datasets/{dataset_id}", lambda d: d["status"] != "processing", timeout)
 
     def wait_model(self, model_id: str, timeout: float = 60) -> dict:
         return self._wait(f"/v1/models/{model_id}", lambda m: m["status"] != "validating", timeout)

@@ -14,6 +14,7 @@ from shiftscore.settings import get_settings
 from worker.celery_app import (
     DELIVER_WEBHOOK,
     ENQUEUE_WEBHOOKS,
+    INGEST_DATASET,
     RECONCILE,
     RUN_CHUNK,
     RUN_EVALUATION,
@@ -66,6 +67,13 @@ def validate_model(model_id: str) -> None:
     from worker import validation
 
     validation.validate_uploaded_model(model_id, _worker_name())
+
+
+@app.task(name=INGEST_DATASET)
+def ingest_dataset(dataset_id: str) -> None:
+    from worker import ingestion
+
+    ingestion.ingest_dataset(dataset_id)
 
 
 @app.task(name=ENQUEUE_WEBHOOKS)

@@ -43,6 +43,11 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
                        "until its status is 'ready', then submit again")
     if model.status == "invalid":
         raise Unprocessable(f"model '{model.id}' is invalid and cannot be evaluated: {model.error}")
+    if dataset.status == "processing":
+        raise Conflict(f"dataset '{dataset.id}' is still being processed; poll GET /v1/datasets/{dataset.id} "
+                       "until its status is 'ready', then submit again")
+    if dataset.status == "invalid":
+        raise Unprocessable(f"dataset '{dataset.id}' is invalid and cannot be evaluated: {dataset.error}")
     check_layers_request(body.layers, model)
     check_task(model, dataset)
     spec = model.input_spec
