@@ -130,6 +130,7 @@ class ShiftRows(BaseModel):
 
 class ClassRow(BaseModel):
     label: int
+    name: str | None = Field(description="the class's name (an image folder's sub-folder, an NPZ's class_names)")
     n: int
     clean_accuracy: float
     mean_accuracy: float
@@ -143,7 +144,9 @@ class ClassRows(BaseModel):
 
 class ExampleRow(BaseModel):
     index: int
+    file: str | None = Field(description="the sample's path in its image folder (or an NPZ's files)")
     label: int
+    class_name: str | None
     clean_prediction: int
     worst_prediction: int
     worst_shift: tuple[float, float]

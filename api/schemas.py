@@ -169,7 +169,7 @@ class DatasetUpload(Strict):
     """The form fields of POST /v1/datasets (besides `file`)."""
 
     name: str = Field(min_length=1, max_length=200)
-    preprocess: dict[str, Any] | None = Field(
+    preprocess: Any = Field(
         default=None, description='image folders: JSON {"resize": R, "center_crop": C or [h, w]}, applied once '
                                   "when the dataset is stored (shorter side to R, then the central window)")
 

@@ -34,10 +34,12 @@ def ingest_dataset(dataset_id: str) -> None:
     cache = settings.storage_dir / "cache"
     with session_scope() as session:
         dataset = session.get(Dataset, dataset_id)
-        if dataset is None or dataset.status != "processing" or dataset.deleted_at is not None:
+        if dataset is None or dataset.status != "processing":
             return
-        if dataset.upload_blob is None or not hold_blob(session, dataset.upload_blob):
+        if dataset.deleted_at is not None or dataset.upload_blob is None or not hold_blob(session, dataset.upload_blob):
+            _drop(dataset)
             return
+        # The key-share lock of hold_blob lasts while the upload streams here: a reclaim waits for it.
         upload = blob_path(session, dataset.upload_blob, cache)
         preprocess_json, filename = dataset.preprocess, dataset.filename or "upload"
     work = settings.storage_dir / "work"
@@ -49,6 +51,10 @@ def ingest_dataset(dataset_id: str) -> None:
                                    parse_preprocess(preprocess_json))
         except DatasetError as exc:
             _finish(dataset_id, None, f"the dataset file '{filename}' was not accepted: {exc}")
+        except Exception:  # noqa: BLE001 — a fault here must not leave the dataset processing for ever
+            log.exception("ingesting dataset %s failed", dataset_id)
+            _finish(dataset_id, None, f"the dataset file '{filename}' could not be ingested (an internal error, "
+                                      "logged by the worker); upload it again, or report it")
         else:
             _finish(dataset_id, parsed, None)
     # The upload is no longer needed here once its arrays are stored (the scheduler reclaims the blob).
@@ -58,8 +64,10 @@ def ingest_dataset(dataset_id: str) -> None:
 def _finish(dataset_id: str, parsed: ParsedDataset | None, error: str | None) -> None:
     with session_scope() as session:
         dataset = session.execute(select(Dataset).where(Dataset.id == dataset_id).with_for_update()).scalar_one()
-        if dataset.status != "processing" or dataset.deleted_at is not None:
-            log.info("dataset %s was deleted or finished while it was ingested; its arrays are dropped", dataset_id)
+        if dataset.status != "processing":
+            return
+        if dataset.deleted_at is not None:
+            _drop(dataset)
             return
         dataset.upload_blob = None
         if parsed is not None:
@@ -70,6 +78,12 @@ def _finish(dataset_id: str, parsed: ParsedDataset | None, error: str | None) ->
             return
         store_arrays(session, dataset, parsed)
         dataset.status = "ready"
+
+
+def _drop(dataset: Dataset) -> None:
+    """A dataset deleted before it was ingested: it ends invalid, and nothing is stored for it."""
+    log.info("dataset %s was deleted before it was ingested; nothing is stored for it", dataset.id)
+    dataset.status, dataset.error, dataset.upload_blob = "invalid", "deleted before it was ingested", None
 
 
 def _over_quota(session: Session, tenant_id: str, parsed: ParsedDataset) -> str | None:

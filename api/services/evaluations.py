@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -21,7 +22,7 @@ from api.services.models import get_model
 from api.services.quotas import check_queued, lock_tenant
 from api.services.webhooks import check_webhook_url
 from db import jobs
-from db.blobs import hold_blob
+from db.blobs import hold_blob, read_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
 from shiftscore.settings import get_settings
@@ -255,14 +256,37 @@ def shift_page(session: Session, tenant_id: str, evaluation_id: str, limit: int 
     ], next_cursor
 
 
+@dataclass(frozen=True)
+class _Names:
+    """What the user knows a dataset's classes and samples by, when the upload told."""
+
+    classes: list[str] | None
+    files_blob: str | None
+
+    def class_name(self, label: int) -> str | None:
+        return self.classes[label] if self.classes is not None and 0 <= label < len(self.classes) else None
+
+    def files(self, session: Session) -> list[str] | None:
+        if self.files_blob is None:
+            return None
+        return json.loads(b"".join(read_blob(session, self.files_blob)))
+
+
+def _dataset_names(session: Session, evaluation: Evaluation) -> _Names:
+    dataset = session.get(Dataset, evaluation.dataset_id)
+    if dataset is None:
+        return _Names(None, None)
+    return _Names(dataset.class_names, dataset.files_blob)
+
+
 def class_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
     """Per-class rows by label, `limit` from `cursor` on, and the next cursor."""
-    _succeeded(session, tenant_id, evaluation_id)
+    names = _dataset_names(session, _succeeded(session, tenant_id, evaluation_id))
     rows, next_cursor = paginate_by_key(
         session, select(ClassResult).where(ClassResult.evaluation_id == evaluation_id),
         ClassResult.label, limit, cursor)
     return [
-        {"label": r.label, "n": r.n, "clean_accuracy": r.clean_accuracy,
+        {"label": r.label, "name": names.class_name(r.label), "n": r.n, "clean_accuracy": r.clean_accuracy,
          "mean_accuracy": r.mean_accuracy, "worst_case_accuracy": r.worst_case_accuracy}
         for r in rows
     ], next_cursor
@@ -275,12 +299,14 @@ def class_results(session: Session, tenant_id: str, evaluation_id: str) -> list[
 
 def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
     """The stored fragile samples, most flips first, `limit` from `cursor` on, and the next cursor."""
-    _succeeded(session, tenant_id, evaluation_id)
+    names = _dataset_names(session, _succeeded(session, tenant_id, evaluation_id))
     rows, next_cursor = paginate_by_key(
         session, select(ExampleResult).where(ExampleResult.evaluation_id == evaluation_id),
         ExampleResult.rank, limit, cursor)
+    files = names.files(session) if rows else None
     return [
-        {"index": r.sample_index, "label": r.label, "clean_prediction": r.clean_prediction,
+        {"index": r.sample_index, "file": files[r.sample_index] if files else None, "label": r.label,
+         "class_name": names.class_name(r.label), "clean_prediction": r.clean_prediction,
          "worst_prediction": r.worst_prediction, "worst_shift": [_plain(r.worst_dx), _plain(r.worst_dy)],
          "flips": r.flips}
         for r in rows
