@@ -17,6 +17,7 @@ BENCHMARKS = {
     "api_latency": "GET /v1/evaluations/{id} p99 at 200 requests/s",
     "batch_size": "forward throughput per batch size (how the default 256 was chosen)",
     "sandbox": "end to end with models caged vs SHIFTSCORE_SANDBOX=off",
+    "big_uploads": "a 1.3 GB NPZ and one 10× smaller: API and worker peak RSS, upload vs cp, sweeps",
 }
 
 

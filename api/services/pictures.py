@@ -6,7 +6,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from api import pictures
-from api.errors import NotFound, Unprocessable
+from api.errors import Conflict, NotFound, Unprocessable
 from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
 from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, shift_results
@@ -70,6 +70,8 @@ def comparison(session: Session, tenant_id: str, evaluation_id: str, query: Comp
 def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:
     """Image `index` of a dataset the tenant can see, as a PNG."""
     dataset = get_dataset(session, tenant_id, dataset_id)
+    if dataset.status != "ready":
+        raise Conflict(f"dataset '{dataset.id}' is {dataset.status}; its images exist once it is ready")
     if not 0 <= index < dataset.num_samples:
         raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
     # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
