@@ -13,41 +13,15 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-import zipfile
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from benchmarks.common import table
 from benchmarks.stack import real_stack
-from tests.models import save_torchscript
+from tests.dataset_corpus import write_large_npz
+from tests.models import MeanClassifier, save_torchscript
 
 SIDE = 224
 MiB = 1 << 20
-
-
-def write_npz(path: Path, count: int) -> None:
-    """An uncompressed NPZ written a block of images at a time (the generator holds one block)."""
-    rng = np.random.default_rng(0)
-    header = np.lib.format.header_data_from_array_1_0(np.zeros((0, SIDE, SIDE, 3), np.uint8))
-    header["shape"] = (count, SIDE, SIDE, 3)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        with archive.open("images.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array_header_1_0(member, header)
-            for start in range(0, count, 256):
-                block = min(256, count - start)
-                member.write(rng.integers(0, 256, (block, 1, SIDE, 3), dtype=np.uint8).repeat(SIDE, 1).tobytes())
-        with archive.open("labels.npy", "w") as member:
-            np.save(member, rng.integers(0, 2, count))
-
-
-class Mean(torch.nn.Module):
-    """Two logits from the image's mean: a forward pass that costs next to nothing."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(1, 2, 3))
-        return torch.stack([mean, -mean], dim=1)
 
 
 def peak_rss(pid: int) -> int:
@@ -67,7 +41,7 @@ def peak_rss(pid: int) -> int:
 
 def one_size(count: int, workdir: Path) -> dict:
     path = workdir / f"images-{count}.npz"
-    write_npz(path, count)
+    write_large_npz(path, count, (SIDE, SIDE, 3))
     size = path.stat().st_size
     began = time.perf_counter()
     subprocess.run(["cp", str(path), str(workdir / "copy.npz")], check=True)
@@ -75,7 +49,7 @@ def one_size(count: int, workdir: Path) -> dict:
     (workdir / "copy.npz").unlink()
     with real_stack(SHIFTSCORE_QUOTA_STORAGE="100G") as stack:
         session = stack.session("bench")
-        model_path = save_torchscript(Mean(), workdir / "mean.pt")
+        model_path = save_torchscript(MeanClassifier(), workdir / "mean.pt")
         spec = {"channels": 3, "height": SIDE, "width": SIDE, "mean": [0, 0, 0], "std": [1, 1, 1]}
         model = session.wait_model(session.upload_model(model_path, spec, name="mean")["id"], timeout=300)
         api_before, worker_before = peak_rss(stack.api.pid), peak_rss(stack.workers[0].pid)

@@ -219,13 +219,13 @@ class ApiSession(requests.Session):
         assert response.status_code in (200, 201), response.text
         return response.json()
 
-    def upload_dataset(self, path: Path, name: str = "data", **fields: str) -> dict:
+    def upload_dataset(self, path: Path, name: str = "data", timeout: float = 120, **fields: str) -> dict:
         """Upload a dataset and wait until a worker has ingested it; the dataset, ready or invalid."""
         with path.open("rb") as handle:
             response = self.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, **fields},
                                  timeout=600)
         assert response.status_code in (200, 201, 202), response.text
-        return self.wait_dataset(response.json()["id"])
+        return self.wait_dataset(response.json()["id"], timeout)
 
     def wait_dataset(self, dataset_id: str, timeout: float = 120) -> dict:
         return self._wait(f"/v1/datasets/{dataset_id}", lambda d: d["status"] != "processing", timeout)

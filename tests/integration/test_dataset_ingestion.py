@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.dataset_corpus import encode, tar_files, write_tar, write_zip
-from tests.models import DIGITS_INPUT, digits_arrays, save_torchscript
+from tests.dataset_corpus import encode, tar_files, write_large_npz, write_tar, write_zip
+from tests.models import DIGITS_INPUT, MeanClassifier, digits_arrays, save_torchscript
 
 pytestmark = pytest.mark.integration
 
@@ -209,31 +209,20 @@ def test_a_large_model_upload_streams_to_chunks(pg_stack, ivy, tmp_path: Path) -
     assert chunks == -(-path.stat().st_size // (4 << 20)) and chunks > 10
 
 
-class _Mean(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        means = x.mean(dim=(1, 2, 3))
-        return torch.stack([means, -means], dim=1)
-
-
 def test_a_dataset_over_1_gb_is_stored_and_swept(pg_stack, ivy, tmp_path: Path) -> None:
     count, side = 16_500, 256  # 16,500 × 256 × 256 = 1.08 GB of pixels, past PostgreSQL's 1 GB value limit
-    path = tmp_path / "big.npz"
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, count)
-    with np.lib.format.open_memmap(tmp_path / "images.npy", "w+", np.uint8, (count, side, side)) as _:
-        pass
-    images = np.lib.format.open_memmap(tmp_path / "images.npy", "r+")
-    for start in range(0, count, 1000):
-        images[start:start + 1000] = rng.integers(0, 256, (min(1000, count - start), 1, side), dtype=np.uint8)
-    images.flush()
-    np.savez(path, images=images, labels=labels)
-    del images
-    (tmp_path / "images.npy").unlink()
+    path = write_large_npz(tmp_path / "big.npz", count, (side, side))
     assert path.stat().st_size > 1 << 30
+    dataset = None
     try:
-        dataset = ivy.upload_dataset(path, "big")
+        dataset = ivy.upload_dataset(path, "big", timeout=600)
         assert dataset["status"] == "ready" and dataset["num_samples"] == count, dataset
-        model_path = save_torchscript(_Mean(), tmp_path / "mean.pt")
+        with pg(pg_stack) as conn:
+            size, chunks = conn.execute(
+                "SELECT size, (SELECT count(*) FROM blob_chunks c WHERE c.sha256 = b.sha256) FROM blobs b "
+                "WHERE sha256 = (SELECT images_blob FROM datasets WHERE id = %s)", (dataset["id"],)).fetchone()
+        assert size > 1 << 30 and chunks == -(-size // (4 << 20)), (size, chunks)
+        model_path = save_torchscript(MeanClassifier(), tmp_path / "mean.pt")
         spec = {"channels": 1, "height": side, "width": side, "mean": [0.0], "std": [1.0]}
         model = ivy.wait_model(ivy.upload_model(model_path, spec, name="mean")["id"])
         response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": dataset["id"],
@@ -243,4 +232,5 @@ def test_a_dataset_over_1_gb_is_stored_and_swept(pg_stack, ivy, tmp_path: Path) 
         assert done["status"] == "succeeded", done
     finally:
         path.unlink()
-        ivy.delete(f"/v1/datasets/{dataset['id']}") if "dataset" in locals() else None
+        if dataset is not None:
+            ivy.delete(f"/v1/datasets/{dataset['id']}")
