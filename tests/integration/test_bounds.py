@@ -211,5 +211,5 @@ def test_an_archive_of_solid_4096_pngs_is_refused_at_once(pg_stack, bob, tmp_pat
     assert elapsed < 2, elapsed
     assert _api_workers_peak_rss(pg_stack) - before < 128 * MiB
     dataset = bob.wait_dataset(response.json()["id"], timeout=30)
-    assert dataset["status"] == "invalid" and "decode to more than 536870912 bytes" in dataset["error"], dataset
+    assert dataset["status"] == "invalid" and "decode to more than 1610612736 bytes" in dataset["error"], dataset
     assert bob.get("/v1/datasets").status_code == 200
