@@ -120,6 +120,9 @@ def test_image_folders_evaluate_exactly_like_the_same_npz(alice, digits_model, t
         assert done["status"] == "succeeded", done
         rows = alice.get(f"/v1/evaluations/{done['id']}/shifts").json()["items"]
         classes = alice.get(f"/v1/evaluations/{done['id']}/classes").json()["items"]
+        # Folders name their classes (the folder names), an NPZ without class_names does not.
+        names = [row.pop("name") for row in classes]
+        assert names == ([None] * 10 if kind == "npz" else [str(row["label"]) for row in classes]), names
         results[kind] = (done["summary"], [(r["dx"], r["dy"], r["correct"], r["agreement"]) for r in rows], classes)
     assert results["zip"] == results["npz"] == results["tar.gz"]
     assert results["npz"][0]["clean_accuracy"] > 0.9  # folder names became the right labels
