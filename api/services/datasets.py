@@ -20,7 +20,7 @@ from worker.queue import enqueue_dataset_ingestion
 from shiftscore.settings import get_settings
 from worker.ingest import DatasetError, digits, open_zip, to_npy_bytes, upload_limits
 from worker.ingestion import store_arrays
-from worker.preprocess import Preprocess, parse_preprocess
+from worker.preprocess import parse_preprocess
 
 log = logging.getLogger(__name__)
 BUILTINS = {"digits": digits}
