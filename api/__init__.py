@@ -18,6 +18,7 @@ from api.routes import (
 from core import celery_app
 from core.settings import Settings, get_settings
 from db.session import use_database
+from api.http.uploads import StreamingRequest
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery_app.use_settings(settings)
     app = Flask(__name__)
     attach_settings(app, settings)
+    app.request_class = StreamingRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # Form fields beside a file part stay small; the file itself spools to disk.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024

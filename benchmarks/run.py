@@ -19,6 +19,7 @@ BENCHMARKS = {
     "sandbox": "end to end with models caged vs SHIFTSCORE_SANDBOX=off",
     "runtimes": "default settings end to end vs eager TorchScript at default threads; early_exit vs full",
     "cores": "one sweep on threads vs chunk-parallel processes (the default use of the cores)",
+    "big_uploads": "a 1.3 GB NPZ and one 10× smaller: API and worker peak RSS, upload vs cp, sweeps",
 }
 
 

@@ -13,6 +13,7 @@ QUEUE = "shiftscore"
 WEBHOOK_QUEUE = "shiftscore.webhooks"
 RUN_EVALUATION = "shiftscore.run_evaluation"
 VALIDATE_MODEL = "shiftscore.validate_model"
+INGEST_DATASET = "shiftscore.ingest_dataset"
 RUN_CHUNK = "shiftscore.run_chunk"
 DELIVER_WEBHOOK = "shiftscore.deliver_webhook"
 

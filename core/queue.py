@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.celery_app import (
     DELIVER_WEBHOOK,
+    INGEST_DATASET,
     QUEUE,
     RUN_CHUNK,
     RUN_EVALUATION,
@@ -21,6 +22,11 @@ def enqueue_evaluation(evaluation_id: str) -> None:
 def enqueue_model_validation(model_id: str) -> None:
     """Queue the load-and-check of an uploaded model."""
     get_celery().send_task(VALIDATE_MODEL, args=[model_id], task_id=f"validate-{model_id}")
+
+
+def enqueue_dataset_ingestion(dataset_id: str) -> None:
+    """Queue the parse-check-convert of an uploaded dataset."""
+    get_celery().send_task(INGEST_DATASET, args=[dataset_id], task_id=f"ingest-{dataset_id}")
 
 
 def enqueue_chunk(evaluation_id: str, index: int) -> None:

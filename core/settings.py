@@ -97,7 +97,8 @@ class Settings:
     storage_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
-    max_upload_bytes: int = 256 * 1024 * 1024
+    # A request body past this is refused (413): 10 GiB admits an ImageNet-validation-sized NPZ (~7.5 GB).
+    max_upload_bytes: int = 10 << 30
     torch_threads: int = field(default_factory=lambda: default_threads(1))
     worker_concurrency: int = 1
     device: str = "auto"
@@ -136,8 +137,8 @@ class Settings:
     webhook_concurrency: int = 4
     # Every request body that is not a multipart upload (that is, JSON) is refused (413) past this.
     max_json_bytes: int = 1024 * 1024
-    # Pixels one dataset upload may decode to inside an API process (N·H·W·C bytes).
-    max_decoded_bytes: int = 512 * 1024 * 1024
+    # Pixels one dataset upload may decode to (N·H·W·C bytes), written to disk by the ingesting worker.
+    max_decoded_bytes: int = 16 << 30
     # /metrics: when a token is set it needs `Authorization: Bearer <token>`; without one it is
     # closed unless metrics_public (service-wide totals are not every tenant's business).
     metrics_token: str | None = None
@@ -178,7 +179,7 @@ class Settings:
             storage_dir=storage_dir,
             host=env.get("SHIFTSCORE_HOST", "127.0.0.1"),
             port=_int(env, "SHIFTSCORE_PORT", 8000, 1),
-            max_upload_bytes=_int(env, "SHIFTSCORE_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, 1),
+            max_upload_bytes=_int(env, "SHIFTSCORE_MAX_UPLOAD_BYTES", 10 << 30, 1),
             torch_threads=_int(env, "SHIFTSCORE_TORCH_THREADS", default_threads(concurrency), 1),
             worker_concurrency=concurrency,
             device=device,
@@ -203,7 +204,7 @@ class Settings:
             webhook_deadline_s=_float(env, "SHIFTSCORE_WEBHOOK_DEADLINE", 10.0, 0.5),
             webhook_concurrency=_int(env, "SHIFTSCORE_WEBHOOK_CONCURRENCY", 4, 1),
             max_json_bytes=_int(env, "SHIFTSCORE_MAX_JSON_BYTES", 1024 * 1024, 1024),
-            max_decoded_bytes=_int(env, "SHIFTSCORE_MAX_DECODED_BYTES", 512 * 1024 * 1024, 1),
+            max_decoded_bytes=_int(env, "SHIFTSCORE_MAX_DECODED_BYTES", 16 << 30, 1),
             metrics_token=env.get("SHIFTSCORE_METRICS_TOKEN") or None,
             metrics_public=_switch(env, "SHIFTSCORE_METRICS_PUBLIC", False),
         )

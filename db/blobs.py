@@ -1,5 +1,9 @@
 """Content-addressed blobs: stored once in the database, cached on each worker's disk.
 
+A blob is written and read as a stream of fixed-size chunk rows (`blob_chunks`), so
+no single value nears PostgreSQL's 1 GB bytea limit and no process holds a whole
+blob in memory; blobs stored before the chunks keep their bytes in `blobs.data`.
+
 A blob lives while a live model or dataset, or an unfinished sweep, refers to it;
 the scheduler reclaims the others (`reclaim_blobs`) and workers drop them from
 their disk caches (`prune_cache`). Whoever starts referring to a stored blob
@@ -13,30 +17,84 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sqlalchemy import delete, func, select, union, update
+from sqlalchemy import delete, func, insert, select, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Blob, Dataset, Evaluation, Model
+from db.models import Blob, BlobChunk, Dataset, Evaluation, Model
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
+# Every blob a dataset refers to: the upload until it is ingested, then its arrays and file paths.
+DATASET_BLOBS = (Dataset.images_blob, Dataset.targets_blob, Dataset.upload_blob, Dataset.files_blob)
+# One chunk row: small enough to hold a few in memory, large enough that a 10 GB blob is ~2,500 rows.
+CHUNK_BYTES = 4 << 20
 
 
-def sha256_bytes(data: bytes) -> str:
+def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def put_blob(session: Session, data: bytes) -> str:
-    """Store `data` unless identical bytes are already stored; return its sha256."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    return iter(lambda: stream.read(CHUNK_BYTES), b"")
+
+
+def put_blob(session: Session, data: bytes | memoryview) -> str:
+    """Store small `data` (held in memory anyway) unless identical bytes are stored; its sha256."""
     digest = sha256_bytes(data)
-    if not hold_blob(session, digest):
-        session.add(Blob(sha256=digest, size=len(data), data=data))
-        session.flush()
+    view = memoryview(data)
+    _put_chunks(session, digest, len(view), (bytes(view[i:i + CHUNK_BYTES]) for i in range(0, len(view), CHUNK_BYTES)))
     return digest
+
+
+def put_blob_file(session: Session, path: Path, digest: str | None = None) -> str:
+    """Store a file a chunk at a time (memory bounded by one chunk) unless stored; its sha256.
+
+    `digest` is the file's sha256 when the caller hashed it already (while receiving it).
+    """
+    digest = digest or file_sha256(path)
+    with path.open("rb") as handle:
+        _put_chunks(session, digest, path.stat().st_size, _blocks(handle))
+    return digest
+
+
+def _put_chunks(session: Session, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+    if hold_blob(session, digest):
+        return
+    session.add(Blob(sha256=digest, size=size))
+    session.flush()
+    for seq, chunk in enumerate(chunks):
+        session.execute(insert(BlobChunk), [{"sha256": digest, "seq": seq, "data": chunk}])
+
+
+def read_blob(session: Session, digest: str) -> Iterator[bytes]:
+    """The blob's bytes in order, one chunk at a time (a blob from before the chunks, whole)."""
+    legacy = session.execute(select(Blob.data).where(Blob.sha256 == digest)).scalar_one()
+    if legacy is not None:
+        yield legacy
+        return
+    seq = 0
+    while True:
+        # One indexed row at a time: memory stays at a chunk whatever the driver buffers.
+        chunk = session.execute(
+            select(BlobChunk.data).where(BlobChunk.sha256 == digest, BlobChunk.seq == seq)
+        ).scalar_one_or_none()
+        if chunk is None:
+            return
+        yield chunk
+        seq += 1
 
 
 def hold_blob(session: Session, digest: str) -> bool:
@@ -50,8 +108,8 @@ def tenant_blobs(tenant_id: str) -> Any:
     """The distinct blobs of a tenant's live models and datasets (a shared blob once)."""
     return union(
         select(Model.sha256.label("sha256")).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None)),
-        select(Dataset.images_blob).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)),
-        select(Dataset.targets_blob).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)),
+        *(select(column).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+          for column in DATASET_BLOBS),
     ).subquery()
 
 
@@ -77,8 +135,7 @@ def _needed() -> Any:
     dataset_live = Dataset.deleted_at.is_(None) | Dataset.id.in_(select(active.c.dataset_id))
     return union(
         select(Model.sha256.label("sha256")).where(model_live),
-        select(Dataset.images_blob).where(dataset_live),
-        select(Dataset.targets_blob).where(dataset_live),
+        *(select(column).where(dataset_live) for column in DATASET_BLOBS),
     ).subquery()
 
 
@@ -102,9 +159,10 @@ def reclaim_blobs(session: Session) -> int:
             continue
         session.execute(update(Model).where(Model.sha256 == digest, Model.deleted_at.is_not(None))
                         .values(sha256=None))
-        for column in (Dataset.images_blob, Dataset.targets_blob):
+        for column in DATASET_BLOBS:
             session.execute(update(Dataset).where(column == digest, Dataset.deleted_at.is_not(None))
                             .values({column: None}))
+        session.execute(delete(BlobChunk).where(BlobChunk.sha256 == digest))
         session.execute(delete(Blob).where(Blob.sha256 == digest))
         try:
             session.commit()
@@ -137,11 +195,18 @@ def blob_path(session: Session, digest: str, cache_dir: Path) -> Path:
     path = cache_dir / digest[:2] / digest
     if path.exists():
         return path
-    data = session.execute(select(Blob.data).where(Blob.sha256 == digest)).scalar_one()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a concurrent reader never sees half a file.
+    # Streamed into a temporary file, checked, then renamed: a concurrent reader never sees half a file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    digest_now = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in read_blob(session, digest):
+                digest_now.update(chunk)
+                out.write(chunk)
+        if digest_now.hexdigest() != digest:
+            raise RuntimeError(f"blob {digest} reads back with sha256 {digest_now.hexdigest()}")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path

@@ -64,8 +64,19 @@ class Blob(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # Blobs stored before 0009 hold their bytes here; newer ones in blob_chunks (db/blobs.py).
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BlobChunk(Base):
+    """One fixed-size piece of a blob: no value comes near PostgreSQL's 1 GB limit, whatever the blob's size."""
+
+    __tablename__ = "blob_chunks"
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Dataset(Base):
@@ -78,15 +89,26 @@ class Dataset(Base):
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     task: Mapped[str] = mapped_column(String(20), default="classification")
     sha256: Mapped[str] = mapped_column(String(64))
-    # NULL once the dataset is deleted and its blobs reclaimed (db/blobs.py).
+    # processing (the upload is stored, a worker ingests it), ready, or invalid (`error` says why).
+    status: Mapped[str] = mapped_column(String(20), default="ready", server_default="ready")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The uploaded file while a worker ingests it; NULL once ingested (the arrays are kept, not the file).
+    upload_blob: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True, default=None)
+    preprocess: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    filename: Mapped[str | None] = mapped_column(String(300), default=None)  # the upload's, for messages
+    # An image folder's class names (label order); an NPZ's optional `class_names`.
+    class_names: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # NULL once the dataset is deleted and its blobs reclaimed (db/blobs.py); NULL while processing.
     images_blob: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     targets_blob: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True)
-    num_samples: Mapped[int] = mapped_column(Integer)
-    channels: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    width: Mapped[int] = mapped_column(Integer)
-    num_classes: Mapped[int] = mapped_column(Integer)
-    max_label: Mapped[int] = mapped_column(Integer)
+    # Each sample's relative path in its image folder (a JSON list in a blob), or an NPZ's `files`.
+    files_blob: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True, default=None)
+    num_samples: Mapped[int | None] = mapped_column(Integer, default=None)
+    channels: Mapped[int | None] = mapped_column(Integer, default=None)
+    height: Mapped[int | None] = mapped_column(Integer, default=None)
+    width: Mapped[int | None] = mapped_column(Integer, default=None)
+    num_classes: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_label: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -77,6 +77,14 @@ class ModelInvalid(ShiftScoreError):
         super().__init__({"title": "Model invalid", "detail": model.get("error") or "the model is invalid"})
 
 
+class DatasetInvalid(ShiftScoreError):
+    """The uploaded dataset could not be ingested; `dataset` is its record, `detail` says why."""
+
+    def __init__(self, dataset: Json) -> None:
+        self.dataset = dataset
+        super().__init__({"title": "Dataset invalid", "detail": dataset.get("error") or "the dataset is invalid"})
+
+
 class EvaluationFailed(ShiftScoreError):
     """The evaluation ended failed or cancelled; `evaluation` is its record."""
 
@@ -233,12 +241,28 @@ class Client:
 
     # Datasets
 
-    def upload_dataset(self, path: str | os.PathLike[str], name: str | None = None) -> Json:
-        """Upload an NPZ with `images` and `labels`."""
+    def upload_dataset(self, path: str | os.PathLike[str], name: str | None = None, *,
+                       preprocess: Mapping[str, Any] | None = None, wait: bool = True,
+                       timeout: float = 600.0) -> Json:
+        """Upload an NPZ with `images` and `labels`, or a .zip / .tar.gz image folder (with an optional
+        `preprocess`, e.g. {"resize": 256, "center_crop": 224}); a worker ingests it, and with `wait`
+        this returns once it is `ready` (DatasetInvalid when it is `invalid`)."""
         path = Path(path)
+        fields = {"name": name or path.stem}
+        if preprocess is not None:
+            fields["preprocess"] = json.dumps(dict(preprocess))
         with path.open("rb") as handle:
-            return self._json("POST", "/v1/datasets", data={"name": name or path.stem},
-                              files={"file": (path.name, handle)})
+            dataset = self._json("POST", "/v1/datasets", data=fields, files={"file": (path.name, handle)})
+        return self.wait_dataset(dataset["id"], timeout=timeout) if wait else dataset
+
+    def wait_dataset(self, dataset_id: str, *, timeout: float = 600.0, poll_interval: float = 0.2,
+                     check: bool = True) -> Json:
+        """Poll a dataset until it is `ready` or `invalid`; raise DatasetInvalid for `invalid` when `check`."""
+        dataset = self._poll(f"/v1/datasets/{dataset_id}", lambda d: d["status"] != "processing",
+                             f"dataset {dataset_id}", timeout, poll_interval, None)
+        if check and dataset["status"] == "invalid":
+            raise DatasetInvalid(dataset)
+        return dataset
 
     def get_dataset(self, dataset_id: str) -> Json:
         """A dataset by id, or by name."""

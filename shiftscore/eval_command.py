@@ -27,6 +27,7 @@ from shiftscore.client import (
     Conflict,
     ConnectionFailed,
     EvaluationFailed,
+    DatasetInvalid,
     ModelInvalid,
     NotFound,
     ShiftScoreError,
@@ -308,7 +309,7 @@ def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     args.model_label = f"{model['name']} v{model['version']}"
     dataset_id = args.dataset
     if args.dataset_file:
-        dataset_id = client.upload_dataset(args.dataset_file, args.dataset_name)["id"]
+        dataset_id = client.upload_dataset(args.dataset_file, args.dataset_name, timeout=args.timeout)["id"]
         _say(args, f"dataset {dataset_id} uploaded")
     evaluation = client.submit(model["id"], dataset_id, shifts=shifts_from(args), padding=args.padding,
                                fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags,
@@ -344,7 +345,7 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluation = _evaluate(client, args)
     except UsageError as exc:
         return _fail(args, EXIT_USAGE, str(exc))
-    except (ModelInvalid, EvaluationFailed, WaitTimeout) as exc:
+    except (ModelInvalid, DatasetInvalid, EvaluationFailed, WaitTimeout) as exc:
         return _fail(args, EXIT_FAILED, f"{exc.title}: {exc.detail}", exc.problem)
     except ConnectionFailed as exc:
         return _fail(args, EXIT_SERVICE, exc.detail, exc.problem)

@@ -310,3 +310,22 @@ CASES: list[Case] = [
     Case("gzip-not-a-tar", _bytes("data.tar.gz", gzip.compress(b"just text, not a tar archive" * 30)),
          "truncated or damaged"),
 ]
+
+
+def write_large_npz(path: Path, count: int, image_shape: tuple[int, ...], classes: int = 2, seed: int = 0) -> Path:
+    """An uncompressed NPZ of `count` random uint8 images, written 256 images at a time (never held whole).
+
+    Each image repeats one random row down its height: random enough to tell images apart, cheap to make.
+    """
+    rng = np.random.default_rng(seed)
+    header = {"descr": "|u1", "fortran_order": False, "shape": (count, *image_shape)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("images.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            for start in range(0, count, 256):
+                block = min(256, count - start)
+                row = rng.integers(0, 256, (block, 1, *image_shape[1:]), dtype=np.uint8)
+                member.write(np.repeat(row, image_shape[0], axis=1).tobytes())
+        with archive.open("labels.npy", "w") as member:
+            np.save(member, rng.integers(0, classes, count))
+    return path

@@ -30,3 +30,11 @@ def circular_invariant_cnn(seed: int = 0) -> nn.Module:
         nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
     ).eval()
+
+
+class MeanClassifier(nn.Module):
+    """Two logits from each image's mean: a forward pass that costs next to nothing, at any input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        means = x.mean(dim=(1, 2, 3))
+        return torch.stack([means, -means], dim=1)

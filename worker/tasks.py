@@ -10,6 +10,7 @@ from celery.signals import worker_process_init
 
 from core.celery_app import (
     DELIVER_WEBHOOK,
+    INGEST_DATASET,
     RUN_CHUNK,
     RUN_EVALUATION,
     VALIDATE_MODEL,
@@ -57,6 +58,13 @@ def validate_model(model_id: str) -> None:
     from worker import validation
 
     validation.validate_uploaded_model(model_id, _worker_name())
+
+
+@app.task(name=INGEST_DATASET)
+def ingest_dataset(dataset_id: str) -> None:
+    from worker import ingestion
+
+    ingestion.ingest_dataset(dataset_id)
 
 
 @app.task(

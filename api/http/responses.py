@@ -6,9 +6,9 @@ so a serializer that changes shape without them fails the suite.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.http.schemas import ModelFormat, Status, SummaryMetric, Task
 
@@ -18,11 +18,15 @@ class Dataset(BaseModel):
     name: str
     builtin: bool
     task: Task
-    num_samples: int
-    channels: int
-    height: int
-    width: int
-    num_classes: int
+    status: Literal["processing", "ready", "invalid"]
+    error: str | None
+    preprocess: dict[str, Any] | None = Field(description="the declared resize and center_crop, echoed")
+    num_samples: int | None = Field(description="null while processing")
+    channels: int | None
+    height: int | None
+    width: int | None
+    num_classes: int | None
+    classes: list[str] | None = Field(description="class names in label order, when known")
     sha256: str
     created_at: str
 
@@ -132,6 +136,7 @@ class ShiftRows(BaseModel):
 
 class ClassRow(BaseModel):
     label: int
+    name: str | None = Field(description="the class's name (an image folder's sub-folder, an NPZ's class_names)")
     n: int
     clean_accuracy: float
     mean_accuracy: float
@@ -145,7 +150,9 @@ class ClassRows(BaseModel):
 
 class ExampleRow(BaseModel):
     index: int
+    file: str | None = Field(description="the sample's path in its image folder (or an NPZ's files)")
     label: int
+    class_name: str | None
     clean_prediction: int
     worst_prediction: int  # the prediction at worst_shift
     worst_shift: tuple[float, float]  # the grid shift least confident in the true label

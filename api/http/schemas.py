@@ -173,6 +173,10 @@ class DatasetUpload(Strict):
     """The form fields of POST /v1/datasets (besides `file`)."""
 
     name: str = Field(min_length=1, max_length=200)
+    # Any here, checked by core.preprocess, so that every malformed preprocess is the same 422.
+    preprocess: Any = Field(
+        default=None, json_schema_extra={"type": "object"}, description='image folders: JSON {"resize": R, "center_crop": C or [h, w]}, applied once '
+                                  "when the dataset is stored (shorter side to R, then the central window)")
 
 
 class EvaluationFilter(Strict):

@@ -33,7 +33,7 @@ def shaped(schema: type[BaseModel], row: Any, **values: Any) -> dict[str, Any]:
 
 
 def dataset_json(dataset: Dataset) -> dict[str, Any]:
-    return shaped(responses.Dataset, dataset)
+    return shaped(responses.Dataset, dataset, classes=dataset.class_names)
 
 
 def model_json(model: Model) -> dict[str, Any]:

@@ -1,15 +1,57 @@
-"""Multipart uploads: the file part, spooled to a temporary file by werkzeug."""
+"""Multipart uploads: the file part streams to a temporary file on disk, hashed as it arrives.
+
+Whatever the upload's size, the API holds a parser buffer of it, never the whole file:
+werkzeug's multipart parser writes the part through `HashingFile`, which hashes each
+block on the way to disk, so the sha256 is known when the body ends without reading it again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flask import request
+from flask import Request, request
 
 from api.http.errors import BadRequest
+
+
+class HashingFile:
+    """A named temporary file that hashes what is written to it (werkzeug's file-part stream)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.NamedTemporaryFile(prefix="shiftscore-upload-")
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        # seek, read, close, name…: the temporary file's own.
+        return getattr(self.file, name)
+
+
+class StreamingRequest(Request):
+    """Flask's request, with every uploaded file part written through a HashingFile."""
+
+    def _get_file_stream(self, total_content_length: Any, content_type: Any, filename: Any = None,
+                         content_length: Any = None) -> HashingFile:
+        return HashingFile()
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: Path
+    filename: str
+    sha256: str
+    size: int
 
 
 def form_fields(file_field: str = "file") -> dict[str, str]:
@@ -23,14 +65,16 @@ def form_fields(file_field: str = "file") -> dict[str, str]:
 
 
 @contextmanager
-def uploaded_file(field: str = "file") -> Iterator[tuple[Path, str]]:
-    """The uploaded file as a path on disk (removed afterwards) and its client-side name."""
+def uploaded_file(field: str = "file") -> Iterator[Upload]:
+    """The uploaded file on disk (removed afterwards), its client-side name, sha256 and size."""
     storage = request.files.get(field)
     if storage is None:
         raise BadRequest(f"send the file as multipart/form-data field '{field}'",
                          errors=[{"field": field, "message": "missing"}])
-    with tempfile.NamedTemporaryFile(prefix="shiftscore-upload-") as handle:
-        storage.save(handle)
-        handle.flush()
-        yield Path(handle.name), storage.filename or field
+    stream = storage.stream
+    try:
+        stream.flush()
+        yield Upload(Path(stream.name), storage.filename or field, stream.sha256.hexdigest(), stream.size)
+    finally:
+        stream.close()
 

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request
 from api.http import responses
 from api.http.auth import current_tenant
 from api.http.openapi import Reply, operation
-from api.http.schemas import DatasetUpload, NameFilter, parse
+from api.http.schemas import DatasetUpload, NameFilter, json_field, parse
 from api.http.serializers import dataset_json
 from api.http.uploads import form_fields, uploaded_file
 from api.services import datasets
@@ -17,17 +17,22 @@ bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
 
 @bp.post("")
-@operation("Upload a dataset (NPZ, or a .zip / .tar.gz image folder); the same name with the same bytes "
-           "returns the stored dataset (200)", form=DatasetUpload, files=["file"], responses={
-    201: Reply("the stored dataset", responses.Dataset),
+@operation("Upload a dataset (NPZ, or a .zip / .tar.gz image folder, with an optional `preprocess`); a worker "
+           "ingests it next (202, status 'processing', then 'ready' or 'invalid'). The same bytes and preprocess "
+           "again reuse the stored arrays (201); under the same name they return the stored dataset (200)",
+           form=DatasetUpload, files=["file"], responses={
+    202: Reply("stored; a worker ingests it (poll GET /v1/datasets/{id})", responses.Dataset),
+    201: Reply("the dataset, its arrays reused from the same bytes uploaded before", responses.Dataset),
     200: Reply("the dataset already stored under this name with these bytes", responses.Dataset),
-    422: "the file is not a usable dataset, or the name is a built-in's"})
+    422: "the preprocess is malformed or declared for an NPZ, or the name is a built-in's"})
 def create():
-    form = parse(DatasetUpload, form_fields(), "form")
-    with uploaded_file() as (path, filename), session_scope() as session:
-        dataset, created = datasets.create_dataset(session, current_tenant(), form.name, path, filename)
-        body = dataset_json(dataset)
-    return jsonify(body), 201 if created else 200, {"Location": f"/v1/datasets/{body['id']}"}
+    form = form_fields()
+    form["preprocess"] = json_field(form.get("preprocess"), "preprocess")
+    fields = parse(DatasetUpload, form, "form")
+    with uploaded_file() as upload:
+        dataset, outcome = datasets.upload_dataset(current_tenant(), fields.name, upload, fields.preprocess)
+    status = {"existing": 200, "copied": 201, "processing": 202}[outcome]
+    return jsonify(dataset_json(dataset)), status, {"Location": f"/v1/datasets/{dataset.id}"}
 
 
 @bp.get("")

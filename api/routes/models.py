@@ -29,8 +29,8 @@ def create():
     form["input"] = json_field(form.get("input"), "input")
     form["architecture_options"] = json_field(form.get("architecture_options"), "architecture_options", {})
     upload = parse(ModelUpload, form, "form")
-    with uploaded_file() as (path, _):
-        model, created = models.upload_model(current_tenant(), upload, path)
+    with uploaded_file() as file:
+        model, created = models.upload_model(current_tenant(), upload, file)
     return jsonify(model_json(model)), 201 if created else 200, {"Location": f"/v1/models/{model.id}"}
 
 

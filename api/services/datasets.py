@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from sqlalchemy import or_, select
@@ -11,101 +12,111 @@ from sqlalchemy.orm import Session
 from api.http.errors import NotFound, Unprocessable
 from api.http.pagination import paginate
 from api.http.settings import current_settings
-from api.services.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
 from api.services.quotas import check_storage, lock_tenant
-from db.blobs import hold_blob, put_blob, sha256_bytes
+from api.http.uploads import Upload
+from db.blobs import hold_blob, put_blob_file
 from db.models import Blob, Dataset, utcnow
+from db.session import session_scope
+from core.queue import enqueue_dataset_ingestion
+from core.ingest import DatasetError, digits, open_zip, to_npy_bytes, upload_limits
+from core.preprocess import parse_preprocess
+from db.datasets import store_arrays
 
+log = logging.getLogger(__name__)
 BUILTINS = {"digits": digits}
+_COPIED = ("task", "images_blob", "targets_blob", "files_blob", "class_names", "num_samples", "channels",
+           "height", "width", "num_classes", "max_label")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _store(session: Session, parsed: ParsedDataset, *, tenant_id: str | None, name: str,
-           sha256: str, builtin: bool = False) -> Dataset:
-    images = parsed.images
-    images_bytes, targets_bytes = parsed.stored_images(), to_npy_bytes(parsed.targets)
-    if tenant_id is not None:
-        lock_tenant(session, tenant_id)
-        check_storage(session, tenant_id, {sha256_bytes(images_bytes): len(images_bytes),
-                                           sha256_bytes(targets_bytes): len(targets_bytes)})
-    dataset = Dataset(
-        tenant_id=tenant_id,
-        name=name,
-        builtin=builtin,
-        task=parsed.task,
-        sha256=sha256,
-        images_blob=put_blob(session, images_bytes),
-        targets_blob=put_blob(session, targets_bytes),
-        num_samples=images.shape[0],
-        channels=images.shape[3],
-        height=images.shape[1],
-        width=images.shape[2],
-        num_classes=parsed.num_classes,
-        max_label=parsed.max_label,
-    )
-    session.add(dataset)
-    session.flush()
-    return dataset
-
-
-def _stored_copy(session: Session, sha256: str) -> Dataset | None:
-    """A dataset already parsed from a file with these bytes (any tenant's: arrays are content).
+def _stored_copy(session: Session, sha256: str, preprocess: dict | None) -> Dataset | None:
+    """A ready dataset already made from these bytes with this preprocess (any tenant's: arrays are content).
 
     Its blobs are held (db.blobs.hold_blob) so a reclaim cannot delete them under the copy.
     """
     for known in session.execute(
-        select(Dataset).where(Dataset.sha256 == sha256, Dataset.builtin.is_(False),
-                              Dataset.images_blob.is_not(None), Dataset.targets_blob.is_not(None)).limit(4)
+        select(Dataset).where(Dataset.sha256 == sha256, Dataset.builtin.is_(False), Dataset.status == "ready",
+                              Dataset.images_blob.is_not(None), Dataset.targets_blob.is_not(None)).limit(8)
     ).scalars():
-        if hold_blob(session, known.images_blob) and hold_blob(session, known.targets_blob):
+        blobs = [known.images_blob, known.targets_blob] + ([known.files_blob] if known.files_blob else [])
+        if known.preprocess == preprocess and all(hold_blob(session, digest) for digest in blobs):
             return known
     return None
 
 
-def create_dataset(session: Session, tenant_id: str, name: str, path: Path, filename: str) -> tuple[Dataset, bool]:
-    """Parse and store an uploaded dataset file; the same bytes again reuse the stored arrays, and
-    under the same name return the stored dataset (False)."""
+def _preprocess(raw: dict | None, upload: Upload) -> dict | None:
+    """The declared preprocess in its stored form; a 422 when it is malformed or the file is an NPZ."""
+    try:
+        preprocess = parse_preprocess(raw)
+    except DatasetError as exc:
+        raise Unprocessable(str(exc), errors=[{"field": "preprocess", "message": str(exc)}]) from None
+    if not preprocess:
+        return None
+    if _is_npz(upload.path):
+        message = "'preprocess' applies to image folders only; resize an NPZ's images before saving it"
+        raise Unprocessable(message, errors=[{"field": "preprocess", "message": message}])
+    return preprocess.as_json()
+
+
+def _is_npz(path: Path) -> bool:
+    with path.open("rb") as handle:
+        if not handle.read(4).startswith(b"PK"):
+            return False
+    try:
+        with open_zip(path, upload_limits(current_settings().max_decoded_bytes)) as archive:
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+    except DatasetError:
+        return False  # the worker says what is wrong with it
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def create_dataset(session: Session, tenant_id: str, name: str, upload: Upload,
+                   raw_preprocess: dict | None = None) -> tuple[Dataset, str]:
+    """Store an uploaded dataset file for a worker to ingest ('processing'); the same bytes and preprocess
+    again reuse the stored arrays ('copied'), and under the same name return that dataset ('existing')."""
     if name in BUILTINS:
         raise Unprocessable(f"'{name}' is the name of a built-in dataset; upload yours under another name",
                             errors=[{"field": "name", "message": "the name of a built-in dataset"}])
-    sha256 = _file_sha256(path)
-    same = session.execute(
+    preprocess = _preprocess(raw_preprocess, upload)
+    for same in session.execute(
         select(Dataset).where(*_visible(tenant_id), Dataset.tenant_id == tenant_id, Dataset.name == name,
-                              Dataset.sha256 == sha256).limit(1)
-    ).scalars().first()
-    if same is not None:
-        return same, False
-    # Refused before parsing when the tenant is already full; the exact check comes with the blobs' sizes.
+                              Dataset.sha256 == upload.sha256, Dataset.status != "invalid")
+    ).scalars():
+        if same.preprocess == preprocess:
+            return same, "existing"
+    # Refused before storing when the tenant is already full; the exact check comes with the sizes.
     check_storage(session, tenant_id, {})
-    known = _stored_copy(session, sha256)
+    known = _stored_copy(session, upload.sha256, preprocess)
+    lock_tenant(session, tenant_id)
     if known is not None:
-        lock_tenant(session, tenant_id)
         check_storage(session, tenant_id, _blob_sizes(session, known))
-        dataset = Dataset(
-            tenant_id=tenant_id, name=name, builtin=False, task=known.task, sha256=sha256,
-            images_blob=known.images_blob, targets_blob=known.targets_blob,
-            num_samples=known.num_samples, channels=known.channels, height=known.height,
-            width=known.width, num_classes=known.num_classes, max_label=known.max_label,
-        )
-        session.add(dataset)
-        session.flush()
-        return dataset, True
-    try:
-        parsed = parse_dataset(path, upload_limits(current_settings().max_decoded_bytes))
-    except DatasetError as exc:
-        raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
-    return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256), True
+        dataset = Dataset(tenant_id=tenant_id, name=name, builtin=False, sha256=upload.sha256, status="ready",
+                          preprocess=preprocess, **{key: getattr(known, key) for key in _COPIED})
+        outcome = "copied"
+    else:
+        check_storage(session, tenant_id, {upload.sha256: upload.size})
+        dataset = Dataset(tenant_id=tenant_id, name=name, builtin=False, sha256=upload.sha256,
+                          status="processing", preprocess=preprocess, filename=upload.filename[:300],
+                          upload_blob=put_blob_file(session, upload.path, upload.sha256))
+        outcome = "processing"
+    session.add(dataset)
+    session.flush()
+    return dataset, outcome
+
+
+def upload_dataset(tenant_id: str, name: str, upload: Upload, raw_preprocess: dict | None) -> tuple[Dataset, str]:
+    """Commit the dataset row, then queue its ingestion on a worker when it needs one."""
+    with session_scope() as session:
+        dataset, outcome = create_dataset(session, tenant_id, name, upload, raw_preprocess)
+    if outcome == "processing":
+        try:
+            enqueue_dataset_ingestion(dataset.id)
+        except Exception:  # noqa: BLE001 — the row is committed; it stays processing (see README, Production)
+            log.exception("could not enqueue ingestion of dataset %s", dataset.id)
+    return dataset, outcome
 
 
 def _blob_sizes(session: Session, dataset: Dataset) -> dict[str, int]:
-    digests = [dataset.images_blob, dataset.targets_blob]
+    digests = [d for d in (dataset.images_blob, dataset.targets_blob, dataset.files_blob) if d]
     rows = session.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests))).all()
     return {digest: size for digest, size in rows}
 
@@ -119,7 +130,10 @@ def ensure_builtin_datasets(session: Session) -> None:
         if exists is None:
             parsed = load()
             sha256 = hashlib.sha256(to_npy_bytes(parsed.images) + to_npy_bytes(parsed.targets)).hexdigest()
-            _store(session, parsed, tenant_id=None, name=name, sha256=sha256, builtin=True)
+            dataset = Dataset(tenant_id=None, name=name, builtin=True, sha256=sha256, status="ready")
+            store_arrays(session, dataset, parsed)
+            session.add(dataset)
+            session.flush()
 
 
 def _visible(tenant_id: str):

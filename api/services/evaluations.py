@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -25,7 +27,7 @@ from core.grid import Grid, GridError, build_grid, check_grid_fits, plain
 from core.queue import enqueue_chunk, enqueue_evaluation
 from core.sweep import samples_swept
 from db import jobs
-from db.blobs import hold_blob
+from db.blobs import hold_blob, read_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
 from core.runtimes import TORCH, evaluation_runtime, reference_backend
@@ -40,6 +42,11 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
                        "until its status is 'ready', then submit again")
     if model.status == "invalid":
         raise Unprocessable(f"model '{model.id}' is invalid and cannot be evaluated: {model.error}")
+    if dataset.status == "processing":
+        raise Conflict(f"dataset '{dataset.id}' is still being processed; poll GET /v1/datasets/{dataset.id} "
+                       "until its status is 'ready', then submit again")
+    if dataset.status == "invalid":
+        raise Unprocessable(f"dataset '{dataset.id}' is invalid and cannot be evaluated: {dataset.error}")
     check_layers_request(body.layers, model)
     check_task(model, dataset)
     _check_runtime_options(body, model)
@@ -262,14 +269,37 @@ def shift_page(session: Session, tenant_id: str, evaluation_id: str, limit: int 
     ], next_cursor
 
 
+@dataclass(frozen=True)
+class _Names:
+    """What the user knows a dataset's classes and samples by, when the upload told."""
+
+    classes: list[str] | None
+    files_blob: str | None
+
+    def class_name(self, label: int) -> str | None:
+        return self.classes[label] if self.classes is not None and 0 <= label < len(self.classes) else None
+
+    def files(self, session: Session) -> list[str] | None:
+        if self.files_blob is None:
+            return None
+        return json.loads(b"".join(read_blob(session, self.files_blob)))
+
+
+def _dataset_names(session: Session, evaluation: Evaluation) -> _Names:
+    dataset = session.get(Dataset, evaluation.dataset_id)
+    if dataset is None:
+        return _Names(None, None)
+    return _Names(dataset.class_names, dataset.files_blob)
+
+
 def class_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
     """Per-class rows by label, `limit` from `cursor` on, and the next cursor."""
-    _succeeded(session, tenant_id, evaluation_id)
+    names = _dataset_names(session, _succeeded(session, tenant_id, evaluation_id))
     rows, next_cursor = paginate_by_key(
         session, select(ClassResult).where(ClassResult.evaluation_id == evaluation_id),
         ClassResult.label, limit, cursor)
     return [
-        {"label": r.label, "n": r.n, "clean_accuracy": r.clean_accuracy,
+        {"label": r.label, "name": names.class_name(r.label), "n": r.n, "clean_accuracy": r.clean_accuracy,
          "mean_accuracy": r.mean_accuracy, "worst_case_accuracy": r.worst_case_accuracy}
         for r in rows
     ], next_cursor
@@ -282,12 +312,14 @@ def class_results(session: Session, tenant_id: str, evaluation_id: str) -> list[
 
 def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None, cursor: str | None) -> Page:
     """The stored fragile samples, most flips first, `limit` from `cursor` on, and the next cursor."""
-    _succeeded(session, tenant_id, evaluation_id)
+    names = _dataset_names(session, _succeeded(session, tenant_id, evaluation_id))
     rows, next_cursor = paginate_by_key(
         session, select(ExampleResult).where(ExampleResult.evaluation_id == evaluation_id),
         ExampleResult.rank, limit, cursor)
+    files = names.files(session) if rows else None
     return [
-        {"index": r.sample_index, "label": r.label, "clean_prediction": r.clean_prediction,
+        {"index": r.sample_index, "file": files[r.sample_index] if files else None, "label": r.label,
+         "class_name": names.class_name(r.label), "clean_prediction": r.clean_prediction,
          "worst_prediction": r.worst_prediction, "worst_shift": [plain(r.worst_dx), plain(r.worst_dy)],
          "worst_probability": r.worst_probability, "flips": r.flips}
         for r in rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -15,7 +14,8 @@ from api.http.schemas import ModelUpload
 from api.services.quotas import check_storage, lock_tenant
 from core.architecture_catalog import ArchitectureError, validate_options
 from core.queue import enqueue_model_validation
-from db.blobs import put_blob, sha256_bytes
+from api.http.uploads import Upload
+from db.blobs import put_blob_file
 from db.models import Model, utcnow
 from db.session import session_scope
 
@@ -40,7 +40,7 @@ def _next_version(session: Session, tenant_id: str, name: str) -> int:
     return (latest or 0) + 1
 
 
-def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Path) -> tuple[Model, bool]:
+def create_model(session: Session, tenant_id: str, upload: ModelUpload, file: Upload) -> tuple[Model, bool]:
     """Store the model file and its declared input as the name's next version (a worker validates it
     next), or return the stored version with the same bytes and input; True when it is new."""
     try:
@@ -57,13 +57,12 @@ def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Pa
             raise Unprocessable(str(exc)) from None
     elif upload.architecture:
         raise Unprocessable(f"'architecture' only applies to format 'state_dict', not '{upload.format}'")
-    data = path.read_bytes()
     lock_tenant(session, tenant_id)
     fields = {
         "name": upload.name,
         "format": upload.format,
         "task": upload.task,
-        "sha256": sha256_bytes(data),
+        "sha256": file.sha256,
         "architecture": upload.architecture if upload.format == "state_dict" else None,
         "architecture_options": options,
         "input_spec": input_spec,
@@ -71,8 +70,8 @@ def create_model(session: Session, tenant_id: str, upload: ModelUpload, path: Pa
     existing = _same_upload(session, tenant_id, fields)
     if existing is not None:
         return existing, False
-    check_storage(session, tenant_id, {fields["sha256"]: len(data)})
-    put_blob(session, data)
+    check_storage(session, tenant_id, {fields["sha256"]: file.size})
+    put_blob_file(session, file.path, file.sha256)
     for _ in range(5):
         existing = _same_upload(session, tenant_id, fields)
         if existing is not None:
@@ -118,11 +117,11 @@ def delete_model(session: Session, tenant_id: str, model_id: str) -> None:
     get_model(session, tenant_id, model_id).deleted_at = utcnow()
 
 
-def upload_model(tenant_id: str, upload: ModelUpload, path: Path) -> tuple[Model, bool]:
+def upload_model(tenant_id: str, upload: ModelUpload, file: Upload) -> tuple[Model, bool]:
     """Commit the model row, then queue its validation on a worker; the same upload again returns
     the stored model (False) without validating it again."""
     with session_scope() as session:
-        model, created = create_model(session, tenant_id, upload, path)
+        model, created = create_model(session, tenant_id, upload, file)
     if not created:
         return model, False
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from api.http.errors import NotFound, Unprocessable
+from api.http.errors import Conflict, NotFound, Unprocessable
 from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
 from api.http.settings import current_settings
 from api.services import drawing
@@ -85,6 +85,8 @@ def _image(session: Session, dataset: Dataset, index: int) -> np.ndarray:
 def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:
     """Image `index` of a dataset the tenant can see, as a PNG."""
     dataset = get_dataset(session, tenant_id, dataset_id)
+    if dataset.status != "ready":
+        raise Conflict(f"dataset '{dataset.id}' is {dataset.status}; its images exist once it is ready")
     return drawing.sample_png(_image(session, dataset, index), query.scale)
 
 

@@ -95,9 +95,9 @@ def test_a_file_sent_as_text_says_to_use_the_at_sign(erin, route, fields):
 def test_a_channels_first_npz_says_how_to_transpose(erin, tmp_path, shape):
     path = tmp_path / "nchw.npz"
     np.savez(path, images=np.zeros(shape, np.uint8), labels=np.arange(4))
-    with path.open("rb") as handle:
-        body = problem(erin.post("/v1/datasets", files={"file": handle}, data={"name": "nchw"}), 422)
-    assert "channels-first (N×C×H×W)" in body["detail"] and "images.transpose(0, 2, 3, 1)" in body["detail"]
+    body = erin.upload_dataset(path, "nchw")
+    assert body["status"] == "invalid", body
+    assert "channels-first (N×C×H×W)" in body["error"] and "images.transpose(0, 2, 3, 1)" in body["error"]
 
 
 def run_cli(pg_stack, token: str, *args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,8 @@ from typing import IO, TypeVar
 
 import numpy as np
 
-from api.services.ingest import DatasetError, Limits, ParsedDataset, check_arrays, npy_array
+from core.ingest import DatasetError, Limits, NpyWriter, ParsedDataset, check_arrays
+from core.preprocess import Preprocess, apply_preprocess, output_size
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
@@ -117,18 +118,21 @@ def _tar_members(stream: IO[bytes], limits: Limits, *, read: bool = True) -> Ite
             yield member.name, handle.read() if handle is not None else b""
 
 
-def zip_image_folder(archive: zipfile.ZipFile, limits: Limits) -> ParsedDataset:
-    """The dataset in an open zip of class folders."""
+def zip_image_folder(archive: zipfile.ZipFile, limits: Limits, out: Path,
+                     preprocess: Preprocess | None = None) -> ParsedDataset:
+    """The dataset in an open zip of class folders, its images written to the .npy `out`."""
     names = [name for name, _ in _zip_members(archive, limits, read=False)]
-    return _image_folder(_zip_members(archive, limits), limits, names)
+    return _image_folder(_zip_members(archive, limits), _Folder(limits, names, out, preprocess))
 
 
-def tar_image_folder(path: Path, limits: Limits, *, gzipped: bool) -> ParsedDataset:
-    """The dataset in a .tar.gz (or plain .tar) of class folders."""
+def tar_image_folder(path: Path, limits: Limits, out: Path, preprocess: Preprocess | None = None, *,
+                     gzipped: bool) -> ParsedDataset:
+    """The dataset in a .tar.gz (or plain .tar) of class folders, its images written to the .npy `out`."""
     # A first pass lists the files without decoding any (inflating is cheap next to decoding).
     names = _read_tar(path, limits, gzipped,
                       lambda stream: [name for name, _ in _tar_members(stream, limits, read=False)])
-    return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), limits, names))
+    folder = _Folder(limits, names, out, preprocess)
+    return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), folder))
 
 
 def _read_tar(path: Path, limits: Limits, gzipped: bool, read: Callable[[IO[bytes]], T]) -> T:
@@ -144,7 +148,7 @@ def _read_tar(path: Path, limits: Limits, gzipped: bool, read: Callable[[IO[byte
             raise DatasetError(f"the tar archive is truncated or damaged: {exc}") from None
 
 
-def _decode(name: str, data: bytes, limits: Limits, count: int) -> np.ndarray:
+def _decode(name: str, data: bytes, limits: Limits, count: int, preprocess: Preprocess | None) -> np.ndarray:
     """One PNG or JPEG of a folder of `count` files as H×W (grayscale) or H×W×3 (colour) uint8."""
     from PIL import Image, UnidentifiedImageError
 
@@ -154,18 +158,20 @@ def _decode(name: str, data: bytes, limits: Limits, count: int) -> np.ndarray:
             if width > limits.max_side or height > limits.max_side:
                 raise DatasetError(f"'{name}' is {width}×{height} pixels; images may be at most "
                                    f"{limits.max_side} pixels high and wide")
-            # Every image has the first one's size, so its header alone tells what the folder would
+            # Every image is stored at one size, so its header alone tells what the folder would
             # decode to: refused before a pixel is decoded (3 bytes a pixel, as colour, the worst case).
-            if count * width * height * 3 > limits.max_decoded_bytes:
+            stored_w, stored_h = output_size(preprocess, width, height)
+            if count * stored_w * stored_h * 3 > limits.max_decoded_bytes:
                 raise DatasetError(f"the images decode to more than {limits.max_decoded_bytes} bytes: "
-                                   f"{count} files of {width}×{height} pixels would take "
-                                   f"{count * width * height * 3}; upload fewer or smaller images")
+                                   f"{count} files of {stored_w}×{stored_h} pixels would take "
+                                   f"{count * stored_w * stored_h * 3}; upload fewer or smaller images")
             if image.mode in _WIDE_MODES:
                 raise DatasetError(f"'{name}' has {image.mode} pixels (more than 8 bits); save 8-bit images")
             image.load()
             # Alpha is dropped; palette and CMYK images become RGB.
             mode = "L" if image.mode in _GRAY_MODES else "RGB"
-            return np.asarray(image if image.mode == mode else image.convert(mode))
+            converted = image if image.mode == mode else image.convert(mode)
+            return np.asarray(apply_preprocess(converted, preprocess, name))
     except DatasetError:
         raise
     except UnidentifiedImageError:
@@ -177,54 +183,86 @@ def _decode(name: str, data: bytes, limits: Limits, count: int) -> np.ndarray:
         raise DatasetError(f"'{name}' could not be decoded (truncated or corrupt?): {exc}") from None
 
 
-def _image_folder(members: Iterator[tuple[str, bytes]], limits: Limits, names: list[str]) -> ParsedDataset:
-    """The dataset of an archive whose files (folders and junk aside) `members` yields as `names` listed them.
+class _Folder:
+    """What is known of an image folder before any image is decoded: its files, their rows, the output."""
 
-    The names fix each image's row before any is decoded, so each is decoded straight into its
-    row of the stored .npy and let go: the API holds the images once, not a list and then a copy.
+    def __init__(self, limits: Limits, names: list[str], out: Path, preprocess: Preprocess | None) -> None:
+        if not names:
+            raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
+        self.limits, self.names, self.out, self.preprocess = limits, names, out, preprocess
+        self.keyed = _class_paths([_parts(name) for name in names])
+        self.classes = tuple(sorted({cls for cls, _ in self.keyed}))
+        self.order = sorted(range(len(names)), key=lambda i: self.keyed[i])
+        self.rows = {i: row for row, i in enumerate(self.order)}
+
+    def labels(self) -> np.ndarray:
+        index = {cls: label for label, cls in enumerate(self.classes)}
+        return np.array([index[self.keyed[i][0]] for i in self.order], dtype=np.int64)
+
+    def files(self) -> tuple[str, ...]:
+        # Relative to the class folders' parent: a shared root folder is left out.
+        return tuple("/".join(self.keyed[i][1][-2:]) for i in self.order)
+
+
+def _image_folder(members: Iterator[tuple[str, bytes]], folder: _Folder) -> ParsedDataset:
+    """The dataset of an archive whose files (folders and junk aside) `members` yields as `folder.names` listed them.
+
+    The names fix each image's row before any is decoded, so each is decoded, written to its
+    row of the stored .npy and let go: memory holds one image, whatever the folder's size.
     """
-    if not names:
-        raise DatasetError("the archive holds no PNG or JPEG images; put them in one sub-folder per class")
-    keyed = _class_paths([_parts(name) for name in names])
-    classes = tuple(sorted({cls for cls, _ in keyed}))
-    order = sorted(range(len(names)), key=lambda i: keyed[i])
-    rows = {i: row for row, i in enumerate(order)}
-    stored: memoryview | None = None
-    images: np.ndarray | None = None
+    names = folder.names
+    writer: NpyWriter | None = None
     first: tuple[str, tuple[int, int]] | None = None
     read = 0
     for i, (name, data) in enumerate(members):
         if i >= len(names) or name != names[i]:
             raise DatasetError("the archive reads differently the second time; upload it again")
         read += 1
-        image = _decode(name, data, limits, len(names))
+        image = _decode(name, data, folder.limits, len(names), folder.preprocess)
         size = image.shape[:2]
         if first is None:
             first = (name, size)
         elif size != first[1]:
-            raise DatasetError(
-                f"all images must have one size: '{first[0]}' is {first[1][1]}×{first[1][0]} but "
-                f"'{name}' is {size[1]}×{size[0]} (width×height); resize them before uploading"
-            )
+            raise DatasetError(_size_mismatch(first, name, size, folder.preprocess))
         channels = 3 if image.ndim == 3 else 1
-        if images is None or channels > images.shape[3]:
+        if writer is None or channels > writer.shape[3]:
             # A folder that mixes grayscale and colour images is stored as colour: the rows so far
-            # (H×W×1) broadcast into a colour copy.
-            stored, images = _widen(images, (len(names), *size, channels))
-        images[rows[i]] = image if image.ndim == 3 else image[..., None]
-    if images is None or stored is None or read != len(names):
+            # (H×W×1) are copied into a colour file.
+            writer = _widen(writer, (len(names), *size, channels), folder.out)
+        pixels = image if image.ndim == 3 else image[..., None]
+        if pixels.shape[2] != writer.shape[3]:
+            pixels = np.repeat(pixels, writer.shape[3], axis=2)
+        writer.write_row(folder.rows[i], pixels)
+    if writer is None or read != len(names):
         raise DatasetError("the archive reads differently the second time; upload it again")
-    index = {cls: label for label, cls in enumerate(classes)}
-    labels = np.array([index[keyed[i][0]] for i in order], dtype=np.int64)
-    parsed = check_arrays(images, labels, "classification", limits, stored)
-    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes, parsed.images_npy)
+    parsed = check_arrays(writer.close(), folder.labels(), "classification", folder.limits, folder.out)
+    return ParsedDataset(parsed.images, parsed.targets, parsed.task, folder.classes, folder.out, folder.files())
 
 
-def _widen(images: np.ndarray | None, shape: tuple[int, int, int, int]) -> tuple[memoryview, np.ndarray]:
-    stored, widened = npy_array(shape, np.dtype(np.uint8))
-    if images is not None:
-        widened[...] = images
-    return stored, widened
+def _size_mismatch(first: tuple[str, tuple[int, int]], name: str, size: tuple[int, ...],
+                   preprocess: Preprocess | None) -> str:
+    sizes = (f"'{first[0]}' is {first[1][1]}×{first[1][0]} but '{name}' is {size[1]}×{size[0]} (width×height)")
+    if preprocess:
+        return (f"after preprocess all images must have one size: {sizes}; declare a center_crop "
+                "so that every image ends at one size")
+    return (f"all images must have one size: {sizes}; declare a preprocess to store them at one size, "
+            'e.g. preprocess={"resize": 256, "center_crop": 224} (shorter side to 256, then the central 224×224)')
+
+
+def _widen(writer: NpyWriter | None, shape: tuple[int, int, int, int], out: Path) -> NpyWriter:
+    if writer is None:
+        return NpyWriter(out, shape)
+    old = writer.path.with_name(writer.path.name + ".gray")
+    writer.handle.close()
+    writer.path.rename(old)
+    widened = NpyWriter(out, shape)
+    with old.open("rb") as source:
+        source.seek(writer.offset)
+        for row in range(shape[0]):
+            pixels = np.frombuffer(source.read(writer.row_bytes), np.uint8).reshape(writer.shape[1:])
+            widened.write_row(row, np.repeat(pixels, shape[3], axis=2))
+    old.unlink()
+    return widened
 
 
 def _class_paths(paths: list[tuple[str, ...]]) -> list[tuple[str, tuple[str, ...]]]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.preprocess import Preprocess
 
 import numpy as np
 
-MAX_PIXELS = 2_000_000_000  # N·H·W·C bytes once decoded
+MAX_PIXELS = 2_000_000_000  # N·H·W·C bytes once decoded (the default of direct calls; see upload_limits)
 MAX_CLASSES = 100_000
 _CENTRAL_ENTRY = b"PK\x01\x02"  # every zip central-directory entry starts with it
 _NPY_MAGIC = b"\x93NUMPY"
@@ -36,22 +40,22 @@ LIMITS = Limits()
 
 
 def upload_limits(max_decoded_bytes: int) -> Limits:
-    """The limits of an upload parsed inside an API process (SHIFTSCORE_MAX_DECODED_BYTES)."""
-    return Limits(max_decoded_bytes=max_decoded_bytes)
+    """The limits of an upload ingested by a worker (SHIFTSCORE_MAX_DECODED_BYTES).
+
+    An NPZ inflates to about its images' size, so the inflation bound follows the decoded one.
+    """
+    return Limits(max_decoded_bytes=max_decoded_bytes,
+                  max_inflated_bytes=max(Limits.max_inflated_bytes, max_decoded_bytes + (1 << 30)))
 
 
 @dataclass(frozen=True)
 class ParsedDataset:
-    images: np.ndarray  # N×H×W×C uint8
+    images: np.ndarray  # N×H×W×C uint8 (memory-mapped from `images_path` when parsed from a file)
     targets: np.ndarray  # N labels, or N×H×W masks for segmentation
     task: str
-    classes: tuple[str, ...] | None = None  # an image folder's class names, label order
-    # The stored .npy of `images` when they were decoded straight into it (`npy_array`).
-    images_npy: memoryview | None = None
-
-    def stored_images(self) -> bytes | memoryview:
-        """The images in their stored form, without another copy when they already are."""
-        return self.images_npy if self.images_npy is not None else to_npy_bytes(self.images)
+    classes: tuple[str, ...] | None = None  # class names in label order (a folder's, or an NPZ's `class_names`)
+    images_path: Path | None = None  # the images' stored .npy, written a block at a time
+    files: tuple[str, ...] | None = None  # each sample's path in its folder (or an NPZ's `files`)
 
     @property
     def num_classes(self) -> int:
@@ -69,39 +73,83 @@ def to_npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def npy_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[memoryview, np.ndarray]:
-    """A .npy file in memory and the C-order array inside it: filling one fills the other.
+class NpyWriter:
+    """A C-order .npy file written in place, rows at a time, never mapped: memory stays at what a write holds.
 
-    Uploads are decoded straight into their stored form, so the API never holds the images
-    twice more (a stacked array, then its serialisation). np.empty, unlike bytearray, leaves
-    the pages uncommitted until they are written.
+    np.empty or a writable memmap would hold the whole array in the process (anonymous
+    pages, or dirty file pages counted in its RSS); plain writes leave it to the page cache.
     """
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {
-        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
-    offset = len(header.getvalue())
-    data = np.empty(offset + math.prod(shape) * dtype.itemsize, np.uint8)
-    data[:offset] = np.frombuffer(header.getvalue(), np.uint8)
-    return memoryview(data), data[offset:].view(dtype).reshape(shape)
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.uint8)) -> None:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {
+            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+        self.path, self.shape, self.dtype = path, tuple(shape), dtype
+        self.offset = len(header.getvalue())
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self.nbytes = shape[0] * self.row_bytes
+        self.handle = path.open("wb")
+        self.handle.write(header.getvalue())
+        self.handle.truncate(self.offset + self.nbytes)
+
+    def write_row(self, row: int, values: np.ndarray) -> None:
+        os.pwrite(self.handle.fileno(), np.ascontiguousarray(values, self.dtype).tobytes(),
+                  self.offset + row * self.row_bytes)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        self.handle.flush()
+        data = os.pread(self.handle.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def copy_from(self, stream: IO[bytes]) -> int:
+        """Fill the array from `stream` a block at a time; the bytes copied."""
+        self.handle.seek(self.offset)
+        done = 0
+        while done < self.nbytes:
+            block = stream.read(min(1 << 24, self.nbytes - done))
+            if not block:
+                break
+            self.handle.write(block)
+            done += len(block)
+        return done
+
+    def close(self) -> np.ndarray:
+        """The written array, memory-mapped read-only (pages are read only where touched)."""
+        self.handle.close()
+        return np.load(self.path, mmap_mode="r")
 
 
-def parse_dataset(path: Path, limits: Limits = LIMITS) -> ParsedDataset:
-    """Read an NPZ, a .zip or .tar(.gz) image folder, told apart by content, not by name."""
+def images_file(path: Path, out: Path | None) -> Path:
+    """Where a parse writes the images' .npy: `out`, or beside the upload."""
+    return out if out is not None else path.with_name(f".{path.name}.images.npy")
+
+
+def parse_dataset(path: Path, limits: Limits = LIMITS, out: Path | None = None,
+                  preprocess: "Preprocess | None" = None) -> ParsedDataset:
+    """Read an NPZ, a .zip or .tar(.gz) image folder, told apart by content, not by name.
+
+    The images are written to the .npy `out` (default: beside `path`) a block at a time;
+    `preprocess` (resize, center_crop) applies to image folders only.
+    """
     # Imported here: the image-folder reader builds on this module (and loads Pillow).
-    from api.services import ingest_archives
+    from core import ingest_archives
 
+    out = images_file(path, out)
     with path.open("rb") as handle:
         head = handle.read(512)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         with open_zip(path, limits) as archive:
             files = [info.filename for info in archive.infolist() if not info.is_dir()]
             if files and all(name.endswith(".npy") for name in files):
-                return npz_arrays(archive, limits)
-            return ingest_archives.zip_image_folder(archive, limits)
+                if preprocess:
+                    raise DatasetError("'preprocess' applies to image folders only; resize an NPZ's "
+                                       "images before saving it")
+                return npz_arrays(archive, limits, out)
+            return ingest_archives.zip_image_folder(archive, limits, out, preprocess)
     if head.startswith(b"\x1f\x8b"):
-        return ingest_archives.tar_image_folder(path, limits, gzipped=True)
+        return ingest_archives.tar_image_folder(path, limits, out, preprocess, gzipped=True)
     if head[257:262] == b"ustar":
-        return ingest_archives.tar_image_folder(path, limits, gzipped=False)
+        return ingest_archives.tar_image_folder(path, limits, out, preprocess, gzipped=False)
     if head.startswith(_NPY_MAGIC):
         raise DatasetError("this is a single .npy array; save an NPZ with "
                            "numpy.savez(path, images=images, labels=labels)")
@@ -143,13 +191,13 @@ def open_zip(path: Path, limits: Limits = LIMITS) -> zipfile.ZipFile:
     return archive
 
 
-def parse_npz(path: Path, limits: Limits = LIMITS) -> ParsedDataset:
+def parse_npz(path: Path, limits: Limits = LIMITS, out: Path | None = None) -> ParsedDataset:
     """Read an NPZ with `images` and `labels` (or `masks`), never unpickling anything."""
     with open_zip(path, limits) as archive:
-        return npz_arrays(archive, limits)
+        return npz_arrays(archive, limits, images_file(path, out))
 
 
-def npz_arrays(archive: zipfile.ZipFile, limits: Limits = LIMITS) -> ParsedDataset:
+def npz_arrays(archive: zipfile.ZipFile, limits: Limits, out: Path) -> ParsedDataset:
     """The arrays of an open NPZ, each header checked before a byte of data is read."""
     members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
     if "images" not in members:
@@ -161,58 +209,74 @@ def npz_arrays(archive: zipfile.ZipFile, limits: Limits = LIMITS) -> ParsedDatas
         task, key = "segmentation", "masks"
     else:
         raise DatasetError("the NPZ needs a 'labels' array (or 'masks' for segmentation)")
-    images, stored = _read_npy(archive, members["images"], "images", limits)
-    targets, _ = _read_npy(archive, members[key], key, limits)
-    return check_arrays(images, targets, task, limits, stored)
+    images = _read_npy(archive, members["images"], "images", limits, out)
+    targets = _read_npy(archive, members[key], key, limits)
+    names = {name: _names(_read_npy(archive, members[name], name, limits), name)
+             for name in ("class_names", "files") if name in members}
+    parsed = check_arrays(images, targets, task, limits, out)
+    return _with_names(parsed, names.get("class_names"), names.get("files"))
 
 
-def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
-              limits: Limits) -> tuple[np.ndarray, memoryview | None]:
-    """One .npy member, and its stored .npy when read straight into one (images).
+def _names(array: np.ndarray, key: str) -> tuple[str, ...]:
+    if array.ndim != 1:
+        raise DatasetError(f"'{key}' must be a 1-D array of strings, got shape {array.shape}")
+    return tuple(str(value) for value in array.tolist())
+
+
+def _with_names(parsed: ParsedDataset, classes: tuple[str, ...] | None,
+                files: tuple[str, ...] | None) -> ParsedDataset:
+    if classes is not None and len(classes) <= parsed.max_label:
+        raise DatasetError(f"'class_names' has {len(classes)} names but the labels go up to {parsed.max_label}; "
+                           "give one name per class index")
+    if files is not None and len(files) != parsed.images.shape[0]:
+        raise DatasetError(f"'files' has {len(files)} entries for {parsed.images.shape[0]} images; give one per image")
+    return ParsedDataset(parsed.images, parsed.targets, parsed.task, classes, parsed.images_path, files)
+
+
+def _read_header(member: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(member)
+    raise DatasetError(f"'{key}' uses .npy format {version}; save plain numeric arrays")
+
+
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limits: Limits,
+              out: Path | None = None) -> np.ndarray:
+    """One .npy member; with `out` (the images) copied into that .npy a block at a time and mapped.
 
     Its header decides dtype and size before anything is allocated.
     """
     try:
         with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-            else:
-                raise DatasetError(f"'{key}' uses .npy format {version}; save plain numeric arrays")
+            shape, fortran, dtype = _read_header(member, key)
             _check_dtype(key, dtype)
             nbytes = math.prod(shape) * dtype.itemsize
-            if nbytes > limits.max_decoded_bytes:
-                raise DatasetError(f"'{key}' of shape {shape} would take {nbytes} bytes; "
-                                   f"the limit is {limits.max_decoded_bytes}")
+            bound = limits.max_decoded_bytes if key in ("images", "labels", "masks") else limits.max_member_bytes
+            if nbytes > bound:
+                raise DatasetError(f"'{key}' of shape {shape} would take {nbytes} bytes; the limit is {bound}")
             if member.tell() + nbytes != info.file_size:
                 raise DatasetError(f"'{key}' is damaged: its header declares shape {shape} ({nbytes} bytes) "
                                    f"but the member holds {info.file_size - member.tell()} bytes")
-            if key == "images" and not fortran and len(shape) in (3, 4):
-                # Read straight into the stored form; N×H×W gains its channel axis in the header only.
-                stored, array = npy_array(shape if len(shape) == 4 else (*shape, 1), dtype)
-                if _read_into(member, memoryview(stored)[len(stored) - nbytes:]) != nbytes:
+            if out is not None and not fortran and len(shape) in (3, 4):
+                # Copied straight into the stored form; N×H×W gains its channel axis in the header only.
+                writer = NpyWriter(out, shape if len(shape) == 4 else (*shape, 1), dtype)
+                copied = writer.copy_from(member)
+                array = writer.close()
+                if copied != nbytes:
                     raise DatasetError(f"'{key}' is damaged: it ends before its {nbytes} bytes")
-                return array, stored
+                return array
             data = member.read(nbytes)
     except DatasetError:
         raise
     except Exception as exc:  # noqa: BLE001 — a damaged member is the client's problem
         raise DatasetError(f"'{key}' could not be read from the NPZ: {type(exc).__name__}: {exc}") from None
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C"), None
-
-
-def _read_into(stream: IO[bytes], view: memoryview) -> int:
-    """Fill `view` from `stream` a block at a time (readinto on a zip member reads it whole first)."""
-    done = 0
-    while done < len(view):
-        block = stream.read(min(1 << 24, len(view) - done))
-        if not block:
-            break
-        view[done:done + len(block)] = block
-        done += len(block)
-    return done
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if out is not None:
+        # A Fortran-order (or odd-rank) images array: rare, and checked and written whole.
+        np.save(out, np.ascontiguousarray(array[..., None] if array.ndim == 3 else array), allow_pickle=False)
+    return array
 
 
 def _check_dtype(key: str, dtype: np.dtype) -> None:
@@ -221,6 +285,10 @@ def _check_dtype(key: str, dtype: np.dtype) -> None:
                            "save plain numeric arrays")
     if dtype.names is not None or dtype.subdtype is not None:
         raise DatasetError(f"'{key}' has a structured dtype {dtype}; save plain numeric arrays")
+    if key in ("class_names", "files"):
+        if dtype.kind != "U":
+            raise DatasetError(f"'{key}' must be an array of strings (numpy.array(names)), got {dtype}")
+        return
     if key == "images" and dtype != np.uint8:
         raise DatasetError(f"'images' must be uint8 (0–255), got {dtype}")
     if key != "images" and dtype.kind not in "iu":
@@ -228,8 +296,8 @@ def _check_dtype(key: str, dtype: np.dtype) -> None:
 
 
 def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Limits = LIMITS,
-                 images_npy: memoryview | None = None) -> ParsedDataset:
-    """Check shapes and types, and give images their channel axis (`images_npy`: their stored form)."""
+                 images_path: Path | None = None) -> ParsedDataset:
+    """Check shapes and types, and give images their channel axis (`images_path`: their stored .npy)."""
     if images.dtype != np.uint8:
         raise DatasetError(f"'images' must be uint8 (0–255), got {images.dtype}")
     if images.ndim == 3:
@@ -265,7 +333,9 @@ def check_arrays(images: np.ndarray, targets: np.ndarray, task: str, limits: Lim
         raise DatasetError(f"{name} must be non-negative class indices")
     if targets.max() >= MAX_CLASSES:
         raise DatasetError(f"{name} must be below {MAX_CLASSES}")
-    return ParsedDataset(np.ascontiguousarray(images), targets.astype(np.int64), task, images_npy=images_npy)
+    # A mapped array is already C-ordered: no copy of it is made here.
+    return ParsedDataset(np.ascontiguousarray(images) if images_path is None else images,
+                         targets.astype(np.int64), task, images_path=images_path)
 
 
 def digits() -> ParsedDataset:

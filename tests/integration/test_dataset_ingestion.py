@@ -1,0 +1,236 @@
+"""Datasets of real size through the real stack: uploads streamed to chunked storage, ingested by a worker.
+
+Runs on the shared `pg_stack` (API under gunicorn, a Celery worker, PostgreSQL, Redis). The stored
+arrays are read back from PostgreSQL's chunk rows, as a worker would, and compared with what
+Pillow and numpy make of the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tests.dataset_corpus import encode, tar_files, write_large_npz, write_tar, write_zip
+from tests.models import DIGITS_INPUT, MeanClassifier, digits_arrays, save_torchscript
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ivy(pg_stack):
+    return pg_stack.session("ingestion-ivy")
+
+
+def pg(pg_stack) -> psycopg.Connection:
+    return psycopg.connect(pg_stack.env["SHIFTSCORE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://"))
+
+
+def stored_blob(pg_stack, digest: str) -> bytes:
+    """A blob's bytes, joined from its chunk rows in order."""
+    with pg(pg_stack) as conn:
+        rows = conn.execute("SELECT seq, data FROM blob_chunks WHERE sha256 = %s ORDER BY seq", (digest,)).fetchall()
+    assert [seq for seq, _ in rows] == list(range(len(rows)))
+    data = b"".join(bytes(chunk) for _, chunk in rows)
+    assert hashlib.sha256(data).hexdigest() == digest
+    return data
+
+
+def stored_images(pg_stack, dataset_id: str) -> np.ndarray:
+    with pg(pg_stack) as conn:
+        (digest,) = conn.execute("SELECT images_blob FROM datasets WHERE id = %s", (dataset_id,)).fetchone()
+    return np.load(io.BytesIO(stored_blob(pg_stack, digest)), allow_pickle=False)
+
+
+def mixed_folder(count: int, seed: int = 0) -> dict[str, bytes]:
+    """`count` colour images of many sizes (some JPEG, some PNG, some grayscale) in 3 class folders."""
+    rng = np.random.default_rng(seed)
+    files = {}
+    for i in range(count):
+        height, width = (int(v) for v in rng.integers(30, 90, 2))
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels) if i % 7 else Image.fromarray(pixels[..., 0])
+        fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+        files[f"class{i % 3}/img{i:04d}.{ext}"] = encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return files
+
+
+def pillow_reference(data: bytes, resize: int, crop: int) -> np.ndarray:
+    """What the declared preprocess means, written with Pillow directly."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        size = (resize, resize * long // short) if width <= height else (resize * long // short, resize)
+        image = image.resize(size, Image.BILINEAR)
+        left, top = round((size[0] - crop) / 2), round((size[1] - crop) / 2)
+        return np.asarray(image.crop((left, top, left + crop, top + crop)))
+
+
+def upload(session, path: Path, name: str, **fields: str):
+    with path.open("rb") as handle:
+        return session.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, **fields},
+                            timeout=600)
+
+
+def test_mixed_sizes_without_preprocess_say_how_to_declare_one(ivy, tmp_path: Path) -> None:
+    dataset = ivy.upload_dataset(write_zip(tmp_path / "mixed.zip", mixed_folder(6)), "mixed")
+    assert dataset["status"] == "invalid", dataset
+    assert "declare a preprocess" in dataset["error"] and '"center_crop"' in dataset["error"], dataset
+
+
+def test_preprocess_stores_exactly_pillows_resize_and_crop(pg_stack, ivy, tmp_path: Path) -> None:
+    files = mixed_folder(300)
+    preprocess = {"resize": 40, "center_crop": 33}
+    dataset = ivy.upload_dataset(write_tar(tmp_path / "mixed.tar.gz", tar_files(files)), "mixed-pre",
+                                 preprocess=json.dumps(preprocess))
+    assert dataset["status"] == "ready", dataset
+    assert (dataset["num_samples"], dataset["height"], dataset["width"], dataset["channels"]) == (300, 33, 33, 3)
+    assert dataset["preprocess"] == {"resize": 40, "center_crop": [33, 33]}
+    assert dataset["classes"] == ["class0", "class1", "class2"]
+    images = stored_images(pg_stack, dataset["id"])
+    order = sorted(files, key=lambda name: (name.split("/")[0], name))
+    expected = np.stack([pillow_reference(files[name], 40, 33) for name in order])
+    assert images.shape == expected.shape and images.tobytes() == expected.tobytes()
+    # The same bytes with another preprocess are another dataset (a resize alone leaves sizes mixed).
+    other = ivy.upload_dataset(tmp_path / "mixed.tar.gz", "mixed-pre", preprocess=json.dumps({"resize": 34}))
+    assert other["id"] != dataset["id"] and other["status"] == "invalid", other
+    assert "after preprocess all images must have one size" in other["error"], other
+
+
+def test_malformed_preprocess_and_preprocess_on_an_npz_are_422(ivy, tmp_path: Path) -> None:
+    folder = write_zip(tmp_path / "f.zip", mixed_folder(3))
+    for bad in ('{"resize": 0}', '{"resize": 32, "pad": 2}', '{"center_crop": [3]}', '[1]'):
+        response = upload(ivy, folder, "bad", preprocess=bad)
+        assert response.status_code == 422 and "preprocess" in response.json()["detail"], (bad, response.text)
+    np.savez(tmp_path / "a.npz", images=np.zeros((2, 8, 8), np.uint8), labels=np.arange(2))
+    response = upload(ivy, tmp_path / "a.npz", "npz", preprocess='{"resize": 4}')
+    assert response.status_code == 422 and "image folders only" in response.json()["detail"], response.text
+    small = tmp_path / "small.zip"
+    write_zip(small, {"a/x.png": encode(np.zeros((20, 10), np.uint8)), "b/y.png": encode(np.zeros((40, 30), np.uint8))})
+    too_small = ivy.upload_dataset(small, "crop", preprocess=json.dumps({"center_crop": 24}))
+    assert too_small["status"] == "invalid" and "'a/x.png'" in too_small["error"], too_small
+
+
+def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_path: Path) -> None:
+    images, labels = digits_arrays()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    files = {f"export/{names[label]}/d{i:04d}.png": encode(image)
+             for i, (image, label) in enumerate(zip(images[:200], labels[:200]))}
+    dataset = ivy.upload_dataset(write_zip(tmp_path / "named.zip", files), "named")
+    assert dataset["status"] == "ready" and dataset["classes"] == sorted(names), dataset
+    model = ivy.wait_model(ivy.upload_model(digits_model_file, DIGITS_INPUT, name="named-digits")["id"])
+    response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                                 "shifts": {"dx": [-2, 2], "dy": [-2, 2]}})
+    assert response.status_code == 202, response.text
+    done = ivy.wait_evaluation(response.json()["id"])
+    assert done["status"] == "succeeded", done
+    classes = ivy.get(f"/v1/evaluations/{done['id']}/classes").json()["items"]
+    assert [row["name"] for row in classes] == [sorted(names)[row["label"]] for row in classes]
+    examples = ivy.get(f"/v1/evaluations/{done['id']}/examples").json()["items"]
+    assert examples
+    for row in examples:
+        assert row["class_name"] == sorted(names)[row["label"]]
+        folder, file = row["file"].split("/")
+        assert folder == row["class_name"] and files[f"export/{row['file']}"]
+    # An NPZ may carry its own names.
+    np.savez(tmp_path / "n.npz", images=images[:30], labels=labels[:30], class_names=np.array(names),
+             files=np.array([f"img{i}.png" for i in range(30)]))
+    npz = ivy.upload_dataset(tmp_path / "n.npz", "named-npz")
+    assert npz["status"] == "ready" and npz["classes"] == names, npz
+
+
+def test_a_dataset_deleted_while_processing_stores_nothing(pg_stack, ivy, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (3000, 64, 64, 3), dtype=np.uint8),
+             labels=rng.integers(0, 10, 3000))
+    response = upload(ivy, tmp_path / "d.npz", "doomed")
+    assert response.status_code == 202, response.text
+    dataset_id = response.json()["id"]
+    assert ivy.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    assert ivy.get(f"/v1/datasets/{dataset_id}").status_code == 404
+    deadline = time.monotonic() + 60
+    with pg(pg_stack) as conn:
+        while True:
+            row = conn.execute("SELECT status, error, images_blob, upload_blob FROM datasets WHERE id = %s",
+                               (dataset_id,)).fetchone()
+            conn.commit()
+            if row[0] != "processing" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert row == ("invalid", "deleted before it was ingested", None, None), row
+
+
+def test_evaluating_a_processing_dataset_is_409(pg_stack, ivy, digits_model_file, tmp_path: Path) -> None:
+    model = ivy.wait_model(ivy.upload_model(digits_model_file, DIGITS_INPUT, name="wait-digits")["id"])
+    images, labels = digits_arrays()
+    np.savez(tmp_path / "p.npz", images=np.tile(images, (40, 1, 1)), labels=np.tile(labels, 40))
+    response = upload(ivy, tmp_path / "p.npz", "pending")
+    assert response.status_code == 202 and response.json()["status"] == "processing", response.text
+    body = {"model_id": model["id"], "dataset_id": response.json()["id"], "shifts": {"list": [[0, 0]]}}
+    early = ivy.post("/v1/evaluations", json=body)
+    ready = ivy.wait_dataset(response.json()["id"])
+    # The worker may be quicker than the request: then the sweep was accepted.
+    assert early.status_code in (409, 202), early.text
+    if early.status_code == 409:
+        assert "still being processed" in early.json()["detail"]
+    assert ready["status"] == "ready" and ready["num_samples"] == 40 * len(labels)
+
+
+class _Padded(nn.Module):
+    """A digits-sized model carrying `extra` bytes of unused weights: a big file, a small forward."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+        self.register_buffer("ballast", torch.zeros(extra // 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def test_a_large_model_upload_streams_to_chunks(pg_stack, ivy, tmp_path: Path) -> None:
+    path = save_torchscript(_Padded(48 << 20), tmp_path / "padded.pt")
+    model = ivy.wait_model(ivy.upload_model(path, DIGITS_INPUT, name="padded")["id"], timeout=120)
+    assert model["status"] == "ready", model
+    with pg(pg_stack) as conn:
+        (digest,) = conn.execute("SELECT sha256 FROM models WHERE id = %s", (model["id"],)).fetchone()
+        chunks = conn.execute("SELECT count(*) FROM blob_chunks WHERE sha256 = %s", (digest,)).fetchone()[0]
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert chunks == -(-path.stat().st_size // (4 << 20)) and chunks > 10
+
+
+def test_a_dataset_over_1_gb_is_stored_and_swept(pg_stack, ivy, tmp_path: Path) -> None:
+    count, side = 16_500, 256  # 16,500 × 256 × 256 = 1.08 GB of pixels, past PostgreSQL's 1 GB value limit
+    path = write_large_npz(tmp_path / "big.npz", count, (side, side))
+    assert path.stat().st_size > 1 << 30
+    dataset = None
+    try:
+        dataset = ivy.upload_dataset(path, "big", timeout=600)
+        assert dataset["status"] == "ready" and dataset["num_samples"] == count, dataset
+        with pg(pg_stack) as conn:
+            size, chunks = conn.execute(
+                "SELECT size, (SELECT count(*) FROM blob_chunks c WHERE c.sha256 = b.sha256) FROM blobs b "
+                "WHERE sha256 = (SELECT images_blob FROM datasets WHERE id = %s)", (dataset["id"],)).fetchone()
+        assert size > 1 << 30 and chunks == -(-size // (4 << 20)), (size, chunks)
+        model_path = save_torchscript(MeanClassifier(), tmp_path / "mean.pt")
+        spec = {"channels": 1, "height": side, "width": side, "mean": [0.0], "std": [1.0]}
+        model = ivy.wait_model(ivy.upload_model(model_path, spec, name="mean")["id"])
+        response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                                     "shifts": {"list": [[0, 0]]}, "max_samples": 300, "seed": 1})
+        assert response.status_code == 202, response.text
+        done = ivy.wait_evaluation(response.json()["id"], timeout=300)
+        assert done["status"] == "succeeded", done
+    finally:
+        path.unlink()
+        if dataset is not None:
+            ivy.delete(f"/v1/datasets/{dataset['id']}")
