@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from worker.engine.grid import Grid
 from worker.engine.tally import Tally
+
+_IDENTITY = {"dx": 0.0, "dy": 0.0, "angle": 0.0, "scale": 1.0, "brightness": 0.0}
 
 
 def summary(tally: Tally, grid: Grid) -> dict[str, Any]:
@@ -25,11 +28,11 @@ def summary(tally: Tally, grid: Grid) -> dict[str, Any]:
 
 
 def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
-    """One row per grid shift, in grid order (dy, then dx)."""
+    """One row per transform, in grid order; angle, scale and brightness when the grid has other axes."""
     rows = []
-    for i, (dx, dy) in enumerate(grid.shifts):
+    for i, (dx, dy, angle, scale, brightness) in enumerate(grid.transforms):
         correct, agree = int(tally.shift_correct[i]), int(tally.shift_agree[i])
-        rows.append({
+        row = {
             "dx": dx,
             "dy": dy,
             "n": tally.n,
@@ -37,8 +40,31 @@ def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
             "agreed": agree,
             "accuracy": correct / tally.n,
             "agreement": agree / tally.n,
-        })
+        }
+        if grid.axes:
+            row.update(angle=angle, scale=scale, brightness=brightness)
+        rows.append(row)
     return rows
+
+
+def marginal_rows(rows: list[dict[str, Any]], axes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per named axis and each of its values: accuracy and agreement over the image-transform pairs.
+
+    `rows` are shift rows (with `correct`, `agreed`, `n`); a value's `n` is N times the transforms
+    that have it. Axes in the order given, values ascending.
+    """
+    out = []
+    for axis in axes:
+        sums: dict[float, list[int]] = {}
+        for row in rows:
+            counts = sums.setdefault(float(row.get(axis, _IDENTITY[axis])), [0, 0, 0])
+            counts[0] += row["correct"]
+            counts[1] += row["agreed"]
+            counts[2] += row["n"]
+        for value in sorted(sums):
+            correct, agreed, n = sums[value]
+            out.append({"axis": axis, "value": value, "accuracy": correct / n, "agreement": agreed / n, "n": n})
+    return out
 
 
 def class_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.grid import Grid
+from worker.engine.grid import IDENTITY, Grid, Transform
 
 
 class SweepError(Exception):
@@ -28,15 +28,15 @@ class SweepPlan:
     input_hw: tuple[int, int]
 
     @property
-    def evaluated_shifts(self) -> list[tuple[float, float]]:
-        """The grid's shifts, then the reference (0, 0) when the grid lacks it."""
-        shifts = list(self.grid.shifts)
-        if (0.0, 0.0) not in self.grid.shifts:
-            shifts.append((0.0, 0.0))
-        return shifts
+    def evaluated_transforms(self) -> list[Transform]:
+        """The grid's transforms, then the identity (the reference) when the grid lacks it."""
+        transforms = list(self.grid.transforms)
+        if IDENTITY not in transforms:
+            transforms.append(IDENTITY)
+        return transforms
 
     def images_per_sample(self) -> int:
-        return len(self.evaluated_shifts)
+        return len(self.evaluated_transforms)
 
 
 def sample_indices(num_samples: int, max_samples: int | None, seed: int) -> np.ndarray:

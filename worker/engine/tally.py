@@ -98,7 +98,7 @@ class Tally:
             else:
                 worst = int(clean[row])
             first = int(np.nonzero(predictions[row] == worst)[0][0]) if worst != clean[row] else None
-            dx, dy = grid.shifts[first] if first is not None else (0.0, 0.0)
+            dx, dy = grid.transforms[first][:2] if first is not None else (0.0, 0.0)
             self.examples.append({
                 "index": int(indices[row]),
                 "label": int(labels[row]),
