@@ -22,6 +22,10 @@ VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c",
 # ColorBrewer RdBu: red where the other evaluation is worse, blue where it is better.
 RED_BLUE = ["#b2182b", "#ef8a62", "#fddbc7", "#f7f7f7", "#d1e5f0", "#67a9cf", "#2166ac"]
 METRIC_LABELS = {"accuracy": "accuracy", "agreement": "agreement with (0, 0)"}
+AXIS_LABELS = {"dx": "dx (px, + moves right)", "dy": "dy (px, + moves down)",
+               "angle": "angle (degrees, counter-clockwise)", "scale": "scale (above 1 enlarges)",
+               "brightness": "brightness (added to [0, 1] pixels)"}
+IDENTITY_VALUES = {"dx": 0.0, "dy": 0.0, "angle": 0.0, "scale": 1.0, "brightness": 0.0}
 
 BACKGROUND: Color = (255, 255, 255)
 INK: Color = (33, 37, 41)
@@ -232,7 +236,9 @@ def _points_tick(value: float) -> str:
 class _Figure:
     """Lays out a title, panels sharing one lattice, and colour bars; then draws them."""
 
-    def __init__(self, lattice: Lattice, title: str, subtitle: str) -> None:
+    def __init__(self, lattice: Lattice, title: str, subtitle: str, axes: tuple[str, str] = ("dx", "dy")) -> None:
+        self.axes = axes
+        self.identity = (IDENTITY_VALUES[axes[0]], IDENTITY_VALUES[axes[1]])
         if lattice.binned:
             subtitle = " · ".join(filter(None, [subtitle, "too many shifts for a cell each: a cell is the "
                                                           "mean of the shifts nearest it"]))
@@ -291,8 +297,8 @@ class _Figure:
                 draw.rectangle((x0, y0, x0 + cell - 1 - gap, y0 + cell - 1 - gap), fill=color)
                 if value is not None:
                     self._cell_text(draw, x0, y0, panel.formatter(value), color)
-        if 0.0 in lattice.xs and 0.0 in lattice.ys and not lattice.binned:
-            col, row = lattice.cell((0.0, 0.0))
+        if self.identity[0] in lattice.xs and self.identity[1] in lattice.ys and not lattice.binned:
+            col, row = lattice.cell(self.identity)
             x0, y0 = plot_x + col * cell, top + row * cell
             # Dark then light, so the outline shows on dark and light cells alike.
             draw.rectangle((x0 - 1, y0 - 1, x0 + cell - gap, y0 + cell - gap), outline=INK, width=2)
@@ -322,23 +328,23 @@ class _Figure:
         lattice, cell = self.lattice, self.cell
         xs = [_nice(v) for v in lattice.xs]
         every = self._every(xs, cell)
-        anchor = lattice.xs.index(0.0) if 0.0 in lattice.xs else 0
+        anchor = lattice.xs.index(self.identity[0]) if self.identity[0] in lattice.xs else 0
         bottom = top + self.plot_h
         for col, text in enumerate(xs):
             if (col - anchor) % every == 0:
                 cx = plot_x + col * cell + cell / 2
                 draw.line((cx, bottom + 1, cx, bottom + 4), fill=MUTED)
                 draw.text((cx, bottom + 6), text, font=self.tick_font, fill=INK, anchor="mt")
-        draw.text((plot_x + self.plot_w / 2, bottom + 24), "dx (px, + moves right)", font=self.tick_font,
+        draw.text((plot_x + self.plot_w / 2, bottom + 24), AXIS_LABELS[self.axes[0]], font=self.tick_font,
                   fill=MUTED, anchor="mt")
         every = max(1, math.ceil(16 / cell))
-        anchor = lattice.ys.index(0.0) if 0.0 in lattice.ys else 0
+        anchor = lattice.ys.index(self.identity[1]) if self.identity[1] in lattice.ys else 0
         for row, value in enumerate(lattice.ys):
             if (row - anchor) % every == 0:
                 cy = top + row * cell + cell / 2
                 draw.line((plot_x - 4, cy, plot_x - 1, cy), fill=MUTED)
                 draw.text((plot_x - 6, cy), _nice(value), font=self.tick_font, fill=INK, anchor="rm")
-        label = "dy (px, + moves down)"
+        label = AXIS_LABELS[self.axes[1]]
         text_w, text_h = _text_size(self.tick_font, label)
         strip = Image.new("RGB", (text_w + 4, text_h + 6), BACKGROUND)
         ImageDraw.Draw(strip).text((2, 1), label, font=self.tick_font, fill=MUTED)
@@ -366,8 +372,11 @@ def _check_metric(metric: str) -> None:
 
 
 def heatmap_png(rows: Sequence[Row], metrics: Sequence[str], *, title: str, subtitle: str = "",
-                full_scale: bool = False) -> bytes:
-    """A heatmap per metric (side by side, one shared colour scale) of per-shift rows."""
+                full_scale: bool = False, axes: tuple[str, str] = ("dx", "dy")) -> bytes:
+    """A heatmap per metric (side by side, one shared colour scale) of rows keyed by `dx` and `dy`.
+
+    `axes` names what those two keys stand for (rows of other axes are projected onto them first).
+    """
     if not rows:
         raise ValueError("a heatmap needs at least one per-shift row")
     for metric in metrics:
@@ -376,7 +385,7 @@ def heatmap_png(rows: Sequence[Row], metrics: Sequence[str], *, title: str, subt
     present = [float(r[m]) for r in rows for m in metrics if r.get(m) is not None]
     colormap = Colormap.of(VIRIDIS, *auto_range(present, full_scale))
     panels = [Panel(METRIC_LABELS[m], _values(rows, m), colormap, _percent) for m in metrics]
-    figure = _Figure(lattice, title, subtitle)
+    figure = _Figure(lattice, title, subtitle, axes)
     return figure.render(panels, [(len(panels) - 1, colormap, "percent", _percent_tick)])
 
 

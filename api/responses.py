@@ -6,9 +6,9 @@ so a serializer that changes shape without them fails the suite.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.schemas import ModelFormat, Status, Task
 
@@ -113,6 +113,9 @@ class EvaluationPage(BaseModel):
 class ShiftRow(BaseModel):
     dx: float
     dy: float
+    angle: float | None = Field(default=None, description="only in sweeps that name angle, scale or brightness")
+    scale: float | None = None
+    brightness: float | None = None
     accuracy: float
     agreement: float
     correct: int
@@ -121,6 +124,19 @@ class ShiftRow(BaseModel):
 
 class ShiftRows(BaseModel):
     items: list[ShiftRow]
+    next_cursor: str | None
+
+
+class MarginalRow(BaseModel):
+    axis: Literal["dx", "dy", "angle", "scale", "brightness"]
+    value: float
+    accuracy: float
+    agreement: float
+    n: int = Field(description="samples times the transforms with this value")
+
+
+class MarginalRows(BaseModel):
+    items: list[MarginalRow]
     next_cursor: str | None
 
 

@@ -122,12 +122,32 @@ Shifts = Annotated[
 ]
 
 
+class AxisRange(Strict):
+    """Every value min + k·step ≤ max of one of angle, scale, brightness."""
+
+    range: tuple[float, float]
+    step: float = Field(gt=0)
+
+
+class AxisList(Strict):
+    """Explicit distinct values of one of angle, scale, brightness (sorted before the sweep)."""
+
+    list: builtins.list[float] = Field(min_length=1, max_length=MAX_SHIFTS)
+
+
+TransformAxis = AxisRange | AxisList
+AXIS_DOC = ('{"range": [min, max], "step": s} or {"list": [v, ...]}; the grid is the product of every axis named')
+
+
 class EvaluationCreate(Strict):
     """POST /v1/evaluations."""
 
     model_id: str = Field(max_length=200, description="a model's id, or its name: the latest ready version")
     dataset_id: str = Field(max_length=200, description="a dataset's id, or its name: the newest of that name")
-    shifts: Shifts
+    shifts: Shifts | None = Field(default=None, description="translations; optional when another axis is named")
+    angle: TransformAxis | None = Field(default=None, description="degrees, counter-clockwise; " + AXIS_DOC)
+    scale: TransformAxis | None = Field(default=None, description="in (0, 10], above 1 enlarges; " + AXIS_DOC)
+    brightness: TransformAxis | None = Field(default=None, description="added to [0, 1] pixels; " + AXIS_DOC)
     padding: Padding = "zeros"
     fill: float = Field(default=0.0, ge=0.0, le=1.0)
     max_samples: int | None = Field(default=None, ge=1)

@@ -12,11 +12,27 @@ from api.schemas import Strict
 SummaryMetric = Literal["consistency", "clean_accuracy", "mean_accuracy", "worst_case_accuracy", "flip_rate"]
 
 
+AxisName = Literal["dx", "dy", "angle", "scale", "brightness"]
+
+
 class HeatmapQuery(Strict):
-    """GET /v1/evaluations/{id}/heatmap.png: `both` draws accuracy and agreement side by side."""
+    """GET /v1/evaluations/{id}/heatmap.png: `both` draws accuracy and agreement side by side.
+
+    `x` and `y` pick the two axes (dx and dy by default); `at_angle`, `at_scale`, `at_brightness`
+    keep only the rows with that value, and each cell is the mean over the rows that remain.
+    """
 
     metric: Literal["accuracy", "agreement", "both"] = "accuracy"
-    scale: Literal["auto", "full"] = "auto"
+    scale: Literal["auto", "full"] = Field(default="auto", description="the colour scale: the data's range or 0-100%")
+    x: AxisName = "dx"
+    y: AxisName = "dy"
+    at_angle: float | None = None
+    at_scale: float | None = None
+    at_brightness: float | None = None
+
+
+class CurvesQuery(Strict):
+    """GET /v1/evaluations/{id}/curves.png: accuracy and agreement against each axis the sweep named."""
 
 
 class CompareQuery(Strict):
@@ -54,7 +70,7 @@ class LeaderboardEntry(BaseModel):
 
 class SweepRanking(BaseModel):
     sweep_key: str
-    sweep: dict[str, Any]  # shifts, padding, fill, max_samples, seed
+    sweep: dict[str, Any]  # shifts, padding, fill, max_samples, seed; angle, scale, brightness when named
     num_samples: int
     num_shifts: int
     latest_finished_at: str

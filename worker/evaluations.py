@@ -25,7 +25,7 @@ from db.session import StillFailing, is_transient, retrying, session_scope
 from shiftscore.settings import Settings, get_settings
 from worker import profiles
 from worker.chunking import chunk_bounds
-from worker.engine.grid import Grid, build_grid
+from worker.engine.grid import Grid, build_sweep_grid
 from worker.engine.metrics import class_rows, shift_rows, summary
 from worker.engine.tally import Tally
 from worker.queue import enqueue_chunk
@@ -283,7 +283,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     cage, fresh = POOL.take(key, inputs, fields, config)
     if fresh:
         cage.run({"op": "load"}, config.wall_seconds, "loading the model", until=until)
-    grid = build_grid(job.request["shifts"])
+    grid = build_sweep_grid(job.request)
     reporter = _Reporter(claimed, settings.progress_interval_s)
     task = job.model["task"]
     on_event = partial(_on_sweep_event, reporter, task, grid.size)

@@ -17,6 +17,8 @@ from db.models import Evaluation, Model
 # flip_rate counts changes, so fewer is better; every other summary metric is a rate of success.
 LOWER_IS_BETTER = {"flip_rate"}
 SWEEP_FIELDS = ("shifts", "padding", "fill", "max_samples", "seed")
+# Shown only when a sweep names them, so a translation sweep reads as it always did.
+TRANSFORM_FIELDS = ("angle", "scale", "brightness")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def build_leaderboard(finished: list[Finished], metric: str) -> list[dict[str, A
         newest = next(iter(by_model.values()))
         sweeps.append({
             "sweep_key": sweep_key,
-            "sweep": {name: newest.request.get(name) for name in SWEEP_FIELDS},
+            "sweep": {name: newest.request.get(name) for name in SWEEP_FIELDS}
+            | {name: newest.request[name] for name in TRANSFORM_FIELDS if newest.request.get(name) is not None},
             "num_samples": newest.summary.get("num_samples"),
             "num_shifts": newest.summary.get("num_shifts"),
             "latest_finished_at": iso(newest.finished_at),

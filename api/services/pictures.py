@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sqlalchemy.orm import Session
 
 from api import pictures
+from api.curves import curves_png
+from api.pictures import IDENTITY_VALUES
 from api.errors import NotFound, Unprocessable
 from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
 from api.services.datasets import get_dataset
-from api.services.evaluations import get_evaluation, shift_results
+from api.services.evaluations import get_evaluation, marginal_page, shift_results
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 from shiftscore.settings import get_settings
@@ -25,7 +29,8 @@ def _sweep_line(evaluation: Evaluation) -> str:
     summary = evaluation.summary or {}
     request = evaluation.request
     parts = [f"padding {request.get('padding')}", f"{summary.get('num_samples')} samples",
-             f"{summary.get('num_shifts')} shifts"]
+             f"{summary.get('num_shifts')} transforms" if any(request.get(a) for a in ("angle", "scale", "brightness"))
+             else f"{summary.get('num_shifts')} shifts"]
     if summary.get("mean_accuracy") is not None:
         parts.append(f"mean accuracy {summary['mean_accuracy'] * 100:.1f}%")
     if summary.get("consistency") is not None:
@@ -34,13 +39,40 @@ def _sweep_line(evaluation: Evaluation) -> str:
 
 
 def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: HeatmapQuery) -> bytes:
-    """The evaluation's accuracy (or agreement, or both) over its grid as a PNG."""
+    """The evaluation's accuracy (or agreement, or both) over two of its axes as a PNG."""
     rows = shift_results(session, tenant_id, evaluation_id)
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
     model, dataset = _names(session, evaluation)
     metrics = ["accuracy", "agreement"] if query.metric == "both" else [query.metric]
-    return pictures.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
-                                full_scale=query.scale == "full")
+    fixed = {axis: getattr(query, f"at_{axis}") for axis in ("angle", "scale", "brightness")}
+    projected = project(rows, (query.x, query.y), {a: v for a, v in fixed.items() if v is not None})
+    if not projected:
+        raise Unprocessable("no row of this sweep has the values asked for with at_angle, at_scale or at_brightness")
+    subtitle = " · ".join([_sweep_line(evaluation)] + [f"{a} {v:g}" for a, v in fixed.items() if v is not None])
+    return pictures.heatmap_png(projected, metrics, title=f"{model} on {dataset}", subtitle=subtitle,
+                                full_scale=query.scale == "full", axes=(query.x, query.y))
+
+
+def project(rows: list[dict[str, Any]], axes: tuple[str, str], fixed: dict[str, float]) -> list[dict[str, Any]]:
+    """Rows with the `fixed` values, pooled by their values on `axes` (as `dx`, `dy` keys for the heatmap)."""
+    pooled: dict[tuple[float, float], list[int]] = {}
+    for row in rows:
+        if any(abs(float(row.get(a, IDENTITY_VALUES[a])) - v) > 1e-9 for a, v in fixed.items()):
+            continue
+        key = tuple(float(row.get(a, IDENTITY_VALUES[a])) for a in axes)
+        counts = pooled.setdefault(key, [0, 0, 0])  # type: ignore[arg-type]
+        counts[0] += row["correct"]
+        counts[1] += round(row["agreement"] * row["n"])
+        counts[2] += row["n"]
+    return [{"dx": x, "dy": y, "accuracy": c / n, "agreement": a / n} for (x, y), (c, a, n) in pooled.items()]
+
+
+def curves(session: Session, tenant_id: str, evaluation_id: str) -> bytes:
+    """Accuracy and agreement against each axis the evaluation named, as a PNG."""
+    rows, _ = marginal_page(session, tenant_id, evaluation_id, None, None)
+    evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    model, dataset = _names(session, evaluation)
+    return curves_png(rows, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation))
 
 
 def comparison(session: Session, tenant_id: str, evaluation_id: str, query: CompareQuery) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.grid import build_grid
+from worker.engine.grid import build_sweep_grid
 from worker.engine.layers import run_layer_profile
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
@@ -37,7 +37,7 @@ def pick_device(setting: str) -> torch.device:
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
     """The engine's plan for a stored evaluation request and the model's declared input."""
     return SweepPlan(
-        grid=build_grid(request["shifts"]),
+        grid=build_sweep_grid(request),
         padding=request["padding"],
         fill=float(request["fill"]),
         mean=tuple(input_spec["mean"]),
