@@ -17,6 +17,7 @@ BENCHMARKS = {
     "api_latency": "GET /v1/evaluations/{id} p99 at 200 requests/s",
     "batch_size": "forward throughput per batch size (how the default 256 was chosen)",
     "sandbox": "end to end with models caged vs SHIFTSCORE_SANDBOX=off",
+    "transforms": "rotation and translation×rotation sweeps vs the forward passes; the Engstrom grid",
 }
 
 

@@ -38,6 +38,17 @@ def transforms_of(request: dict) -> list[tuple[float, ...]]:
             for a in values(request["angle"]) for dy in dys for dx in dxs]
 
 
+def every_page(session, path: str, limit: int) -> list[dict]:
+    """Follow `next_cursor` from the first page to the last."""
+    items, cursor = [], None
+    while True:
+        page = session.get(path, params={"limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
 @pytest.fixture(scope="module")
 def bob(pg_stack):
     return pg_stack.session("bob")
@@ -78,9 +89,7 @@ def test_a_joint_sweep_equals_the_reference(bob, digits_model, digits_model_file
         assert summary[key] == pytest.approx(ref[key], abs=1e-12), key
     assert summary["num_shifts"] == len(transforms) == 3 * 2 * 5 * 2 * 2
 
-    shifts = bob.get(f"/v1/evaluations/{done['id']}/shifts?limit=50").json()
-    page2 = bob.get(f"/v1/evaluations/{done['id']}/shifts?limit=50&cursor={shifts['next_cursor']}").json()
-    items = shifts["items"] + page2["items"]
+    items = every_page(bob, f"/v1/evaluations/{done['id']}/shifts", 50)
     assert [(r["dx"], r["dy"], r["angle"], r["scale"], r["brightness"]) for r in items] == transforms
     assert [r["accuracy"] for r in items] == pytest.approx(ref["accuracy"], abs=1e-12)
     assert [r["agreement"] for r in items] == pytest.approx(ref["agreement"], abs=1e-12)
@@ -88,14 +97,7 @@ def test_a_joint_sweep_equals_the_reference(bob, digits_model, digits_model_file
     assert list(table[0])[:5] == ["dx", "dy", "angle", "scale", "brightness"]
     assert [float(t["angle"]) for t in table] == [t[2] for t in transforms]
 
-    marginals = []
-    cursor = None
-    while True:
-        page = bob.get(f"/v1/evaluations/{done['id']}/marginals?limit=4" + (f"&cursor={cursor}" if cursor else "")).json()
-        marginals += page["items"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    marginals = every_page(bob, f"/v1/evaluations/{done['id']}/marginals", 4)
     expected = []
     for axis, position in (("dx", 0), ("dy", 1), ("angle", 2), ("scale", 3), ("brightness", 4)):
         for value in sorted({t[position] for t in transforms}):
