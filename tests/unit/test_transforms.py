@@ -97,7 +97,7 @@ def test_the_sampling_map_at_angle_zero_is_the_shift_bit_for_bit(padding):
     chunk = views(images, padding, 0.25)
     for dx, dy in [(0, 0), (2, -1), (-3, 3), (0.5, 0), (1.25, -2.5), (-0.75, 0.5)]:
         forced = apply_map(with_fill_slot(torch.from_numpy(images), 0.25),
-                           sampling_map(0.0, 1.0, dx, dy, (8, 9), padding, CPU), (8, 9))
+                           sampling_map(0.0, 1.0, dx, dy, (8, 9), padding, CPU), images.shape)
         np.testing.assert_array_equal(forced.numpy(), chunk.raw.view(dx, dy).numpy())
         # and the engine's own route for (dx, dy, 0, 1, 0) is §1's shift
         np.testing.assert_array_equal(chunk.view(dx, dy, 0.0, 1.0, 0.0).numpy(), chunk.raw.view(dx, dy).numpy())

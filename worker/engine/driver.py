@@ -59,8 +59,14 @@ class ChunkViews:
             moved = self.raw.view(dx, dy)
         else:
             assert self.sampler is not None
-            moved = apply_map(self.source, self.sampler.map(dx, dy, angle, scale), (self.raw.height, self.raw.width))
+            moved = apply_map(self.source, self.sampler.map(dx, dy, angle, scale), self.shape)
         return normalize(brighten(moved, brightness), self.mean, self.std)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """B, C, H, W of the chunk's views."""
+        batch, channels = self.raw.pixels.shape[:2]
+        return batch, channels, self.raw.height, self.raw.width
 
     @cached_property
     def source(self) -> torch.Tensor:

@@ -129,22 +129,26 @@ def sampling_map(angle: float, scale: float, dx: float, dy: float, hw: tuple[int
 
 
 def with_fill_slot(images: torch.Tensor, fill: float) -> torch.Tensor:
-    """B×C×H×W float32 → B×C×(H·W + 1) float64, the last slot holding the fill."""
-    flat = images.reshape(images.shape[0], images.shape[1], -1).to(torch.float64)
-    slot = torch.full((*flat.shape[:2], 1), float(np.float32(fill)), dtype=torch.float64, device=flat.device)
-    return torch.cat([flat, slot], dim=2)
+    """B×C×H×W float32 → (H·W + 1)×(B·C) float64, pixel-major, the last row holding the fill.
+
+    Pixel-major, a map's gather copies whole rows (every image's value of one pixel) at once.
+    """
+    flat = images.reshape(images.shape[0] * images.shape[1], -1).t().to(torch.float64)
+    slot = torch.full((1, flat.shape[1]), float(np.float32(fill)), dtype=torch.float64, device=flat.device)
+    return torch.cat([flat, slot]).contiguous()
 
 
-def apply_map(flat: torch.Tensor, sampling: SamplingMap, hw: tuple[int, int]) -> torch.Tensor:
-    """The transformed chunk, float32 B×C×H×W, from `with_fill_slot`'s float64 images."""
-    batch, channels, _ = flat.shape
-    pixels = hw[0] * hw[1]
-    corners = flat.index_select(2, sampling.index).view(batch, channels, 4, pixels)
-    # scipy's order of operations: each corner times its row weight, then its column weight, summed in turn.
-    total = (corners[:, :, 0] * sampling.row_weight[0]) * sampling.col_weight[0]
-    for corner in range(1, 4):
-        total = total + (corners[:, :, corner] * sampling.row_weight[corner]) * sampling.col_weight[corner]
-    return total.to(torch.float32).view(batch, channels, *hw)
+def apply_map(source: torch.Tensor, sampling: SamplingMap, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """The transformed chunk, float32 of `shape` (B, C, H, W), from `with_fill_slot`'s source."""
+    pixels = shape[2] * shape[3]
+    terms = source.index_select(0, sampling.index).view(4, pixels, source.shape[1])
+    # scipy's order of operations: each corner times its row weight, then its column weight, then
+    # the four summed one after another (two whole-tensor products, then three adds).
+    terms.mul_(sampling.row_weight.unsqueeze(2)).mul_(sampling.col_weight.unsqueeze(2))
+    total = terms[0] + terms[1]
+    total += terms[2]
+    total += terms[3]
+    return total.to(torch.float32).t().reshape(shape)
 
 
 def brighten(batch: torch.Tensor, brightness: float) -> torch.Tensor:
