@@ -54,17 +54,23 @@ def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: Heatmap
 
 
 def project(rows: list[dict[str, Any]], axes: tuple[str, str], fixed: dict[str, float]) -> list[dict[str, Any]]:
-    """Rows with the `fixed` values, pooled by their values on `axes` (as `dx`, `dy` keys for the heatmap)."""
-    pooled: dict[tuple[float, float], list[int]] = {}
+    """Rows with the `fixed` values, pooled by their values on `axes` (as `dx`, `dy` keys for the heatmap).
+
+    A pooled cell is the mean of its rows' accuracy and agreement (every row of a sweep has the
+    same n, so this is the accuracy over all its image-transform pairs); a cell of one row keeps
+    that row's values exactly.
+    """
+    pooled: dict[tuple[float, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        if any(abs(float(row.get(a, IDENTITY_VALUES[a])) - v) > 1e-9 for a, v in fixed.items()):
-            continue
-        key = tuple(float(row.get(a, IDENTITY_VALUES[a])) for a in axes)
-        counts = pooled.setdefault(key, [0, 0, 0])  # type: ignore[arg-type]
-        counts[0] += row["correct"]
-        counts[1] += round(row["agreement"] * row["n"])
-        counts[2] += row["n"]
-    return [{"dx": x, "dy": y, "accuracy": c / n, "agreement": a / n} for (x, y), (c, a, n) in pooled.items()]
+        if all(abs(float(row.get(a, IDENTITY_VALUES[a])) - v) <= 1e-9 for a, v in fixed.items()):
+            pooled.setdefault(tuple(float(row.get(a, IDENTITY_VALUES[a])) for a in axes), []).append(row)
+    return [{"dx": x, "dy": y, **{m: _mean([r.get(m) for r in group]) for m in ("accuracy", "agreement")}}
+            for (x, y), group in pooled.items()]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def curves(session: Session, tenant_id: str, evaluation_id: str) -> bytes:
