@@ -44,8 +44,11 @@ def test_the_evaluation_page_shows_a_rotation_sweep(pg_stack, dana, rotation, br
     sign_in(driver, pg_stack.url + "/dashboard/", dana.headers["Authorization"].removeprefix("Bearer "))
     driver.get(f"{pg_stack.url}/dashboard/evaluations/{rotation['id']}")
     loaded = "return [...document.querySelectorAll('#results img:not([hidden])')].every(i => i.complete && i.naturalWidth > 0)"
-    wait_for(driver, lambda d: d.find_element(By.ID, "curves").get_attribute("src").startswith("blob:")
-             and d.find_element(By.ID, "heatmap").get_attribute("src").startswith("blob:") and d.execute_script(loaded))
+    shown = "return ['curves', 'heatmap'].every(id => (document.getElementById(id).getAttribute('src') || '').startsWith('blob:'))"
+    try:
+        wait_for(driver, lambda d: d.execute_script(shown) and d.execute_script(loaded))
+    except Exception:
+        raise AssertionError(driver.find_element(By.ID, "evaluation-error").text) from None
     assert "angle -45…45 step 15" in driver.find_element(By.ID, "evaluation-meta").text
     assert driver.find_element(By.ID, "curves-card").is_displayed()
     assert driver.find_element(By.ID, "heatmap-axes").is_displayed()
