@@ -54,8 +54,9 @@ def curves_png(marginals: Sequence[Mapping[str, Any]], *, title: str, subtitle: 
     if not axes:
         raise ValueError("curves need at least one marginal row")
     title_font, sub_font = _font(18), _font(13)
-    header = MARGIN + 26 + (20 if subtitle else 0) + 34
-    width = max(MARGIN * 2 + PANEL_W * len(axes), MARGIN * 2 + _text_size(title_font, _plain(title))[0], 360)
+    header = MARGIN + 26 + (20 if subtitle else 0) + 44
+    width = max(MARGIN * 2 + PANEL_W * len(axes), MARGIN * 2 + _text_size(title_font, _plain(title))[0],
+                MARGIN * 2 + _text_size(sub_font, _plain(subtitle))[0], 360)
     image = Image.new("RGB", (width, header + PANEL_H + MARGIN), BACKGROUND)
     draw = ImageDraw.Draw(image)
     draw.text((MARGIN, MARGIN), _plain(title), font=title_font, fill=INK)
@@ -63,8 +64,8 @@ def curves_png(marginals: Sequence[Mapping[str, Any]], *, title: str, subtitle: 
         draw.text((MARGIN, MARGIN + 26), _plain(subtitle), font=sub_font, fill=MUTED)
     legend_x = MARGIN
     for metric, color in SERIES.items():
-        draw.rectangle((legend_x, header - 26, legend_x + 12, header - 14), fill=color)
-        draw.text((legend_x + 18, header - 20), f"{metric} (%)", font=sub_font, fill=INK, anchor="lm")
+        draw.rectangle((legend_x, header - 40, legend_x + 12, header - 28), fill=color)
+        draw.text((legend_x + 18, header - 34), f"{metric} (%)", font=sub_font, fill=INK, anchor="lm")
         legend_x += 130
     for i, (axis, points) in enumerate(axes.items()):
         _panel(draw, MARGIN + i * PANEL_W, header + 8, axis, points)

@@ -128,6 +128,15 @@ def axis_positions(values: Sequence[float]) -> list[float]:
     return bin_centres(distinct[0], distinct[-1])
 
 
+def _positions(values: Sequence[float], axis: str) -> list[float]:
+    """Pixel axes sit at their true distances (`axis_positions`); angle, scale and brightness get a
+    column per distinct value, as few as the sweep has (binned past MAX_AXIS)."""
+    if axis in ("dx", "dy"):
+        return axis_positions(values)
+    distinct = sorted(set(round(float(v), 6) for v in values))
+    return distinct if len(distinct) <= MAX_AXIS else bin_centres(distinct[0], distinct[-1])
+
+
 def bin_centres(low: float, high: float) -> list[float]:
     """At most MAX_AXIS centres k·width spanning [low, high], the width a round 1, 2, 2.5 or 5 × 10^n."""
     magnitude = 10.0 ** math.floor(math.log10((high - low) / (MAX_AXIS - 1)))
@@ -158,9 +167,9 @@ class Lattice:
     binned: bool = False  # some cells stand for several shifts (their mean is drawn)
 
     @classmethod
-    def through(cls, shifts: Sequence[Shift]) -> "Lattice":
-        xs = tuple(axis_positions([dx for dx, _ in shifts]))
-        ys = tuple(axis_positions([dy for _, dy in shifts]))
+    def through(cls, shifts: Sequence[Shift], axes: tuple[str, str] = ("dx", "dy")) -> "Lattice":
+        xs = tuple(_positions([dx for dx, _ in shifts], axes[0]))
+        ys = tuple(_positions([dy for _, dy in shifts], axes[1]))
         on_x, on_y = set(xs), set(ys)
         binned = any(round(dx, 6) not in on_x or round(dy, 6) not in on_y for dx, dy in shifts)
         return cls(xs, ys, binned)
@@ -381,7 +390,7 @@ def heatmap_png(rows: Sequence[Row], metrics: Sequence[str], *, title: str, subt
         raise ValueError("a heatmap needs at least one per-shift row")
     for metric in metrics:
         _check_metric(metric)
-    lattice = Lattice.through([(float(r["dx"]), float(r["dy"])) for r in rows])
+    lattice = Lattice.through([(float(r["dx"]), float(r["dy"])) for r in rows], axes)
     present = [float(r[m]) for r in rows for m in metrics if r.get(m) is not None]
     colormap = Colormap.of(VIRIDIS, *auto_range(present, full_scale))
     panels = [Panel(METRIC_LABELS[m], _values(rows, m), colormap, _percent) for m in metrics]
