@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from worker.engine.grid import IDENTITY_VALUES
+
 Row = Mapping[str, Any]
 Shift = tuple[float, float]
 Color = tuple[int, int, int]
@@ -25,7 +27,6 @@ METRIC_LABELS = {"accuracy": "accuracy", "agreement": "agreement with (0, 0)"}
 AXIS_LABELS = {"dx": "dx (px, + moves right)", "dy": "dy (px, + moves down)",
                "angle": "angle (degrees, counter-clockwise)", "scale": "scale (above 1 enlarges)",
                "brightness": "brightness (added to [0, 1] pixels)"}
-IDENTITY_VALUES = {"dx": 0.0, "dy": 0.0, "angle": 0.0, "scale": 1.0, "brightness": 0.0}
 
 BACKGROUND: Color = (255, 255, 255)
 INK: Color = (33, 37, 41)

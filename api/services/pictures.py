@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from api import pictures
 from api.curves import curves_png
-from api.pictures import IDENTITY_VALUES
 from api.errors import NotFound, Unprocessable
 from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
 from api.services.datasets import get_dataset
@@ -17,6 +16,7 @@ from api.services.evaluations import get_evaluation, marginal_page, shift_result
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 from shiftscore.settings import get_settings
+from worker.engine.grid import IDENTITY_VALUES
 
 
 def _names(session: Session, evaluation: Evaluation) -> tuple[str, str]:

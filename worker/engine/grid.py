@@ -20,6 +20,8 @@ IDENTITY: Transform = (0.0, 0.0, 0.0, 1.0, 0.0)
 # The axes beside the translation, in the order they sit in a Transform after dx, dy.
 AXES = ("angle", "scale", "brightness")
 _POSITION = {"dx": 0, "dy": 1, "angle": 2, "scale": 3, "brightness": 4}
+# Each axis's value in the identity transform, by name.
+IDENTITY_VALUES = dict(zip(_POSITION, IDENTITY))
 
 
 class GridError(ValueError):

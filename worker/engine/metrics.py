@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.engine.grid import Grid
+from worker.engine.grid import IDENTITY_VALUES, Grid
 from worker.engine.tally import Tally
-
-_IDENTITY = {"dx": 0.0, "dy": 0.0, "angle": 0.0, "scale": 1.0, "brightness": 0.0}
 
 
 def summary(tally: Tally, grid: Grid) -> dict[str, Any]:
@@ -57,7 +55,7 @@ def marginal_rows(rows: list[dict[str, Any]], axes: Sequence[str]) -> list[dict[
     for axis in axes:
         sums: dict[float, list[int]] = {}
         for row in rows:
-            counts = sums.setdefault(float(row.get(axis, _IDENTITY[axis])), [0, 0, 0])
+            counts = sums.setdefault(float(row.get(axis, IDENTITY_VALUES[axis])), [0, 0, 0])
             counts[0] += row["correct"]
             counts[1] += row["agreed"]
             counts[2] += row["n"]
