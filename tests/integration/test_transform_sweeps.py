@@ -51,7 +51,8 @@ def every_page(session, path: str, limit: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def bob(pg_stack):
-    return pg_stack.session("bob")
+    # Not "bob": test_end_to_end's other tenant must own nothing.
+    return pg_stack.session("rotating-rita")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,7 @@ def test_the_client_and_the_cli_take_the_same_axes(pg_stack, bob, digits_model):
     from shiftscore import Client
     from tests.stack import ROOT
 
-    token = pg_stack.token("bob")
+    token = pg_stack.token("rotating-rita")
     client = Client(pg_stack.url, token)
     results = client.evaluate(digits_model["id"], "digits", angle={"range": [-30, 30], "step": 10},
                               brightness={"list": [0.1]}, max_samples=50, timeout=120)
