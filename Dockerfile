@@ -12,8 +12,10 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 # api/static/metrics.md links to it: the docs served at /docs/metrics.
 COPY docs/metrics.md ./docs/metrics.md
+COPY core ./core
 COPY worker ./worker
 COPY db ./db
+COPY launcher ./launcher
 COPY shiftscore ./shiftscore
 RUN pip install '.[server,worker]'
 RUN useradd --create-home shiftscore

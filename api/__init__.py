@@ -6,21 +6,27 @@ import logging
 
 from flask import Flask, request
 
-from api.auth import register_auth
-from api.errors import register_error_handlers
-from api.headers import register_security_headers
-from api.limits import register_body_limits
+from api.http.auth import register_auth
+from api.http.errors import register_error_handlers
+from api.http.headers import register_security_headers
+from api.http.limits import register_body_limits
+from api.http.schemas import reject_nul
+from api.http.settings import attach_settings
 from api.routes import (
     dashboard, datasets, docs, evaluations, health, leaderboard, metrics, models, pictures, tenant,
 )
-from api.schemas import reject_nul
-from shiftscore.settings import Settings, get_settings
+from core import celery_app
+from core.settings import Settings, get_settings
+from db.session import use_database
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask app, wired to the settings' database and broker."""
     settings = settings or get_settings()
+    use_database(settings.database_url)
+    celery_app.use_settings(settings)
     app = Flask(__name__)
+    attach_settings(app, settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # Form fields beside a file part stay small; the file itself spools to disk.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024

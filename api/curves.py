@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from api.pictures import AXIS_LABELS, BACKGROUND, INK, MARGIN, MUTED, _font, _hex, _nice, _plain, _text_size
+from api.services.drawing import AXIS_LABELS, BACKGROUND, INK, MARGIN, MUTED, _font, _hex, _nice, _plain, _text_size
 
 # Accuracy and agreement in viridis's dark blue and green, as the heatmaps colour them.
 SERIES = {"accuracy": _hex("#414487"), "agreement": _hex("#22a884")}

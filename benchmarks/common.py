@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.engine.grid import build_grid
+from core.grid import build_grid
 from worker.engine.plan import SweepPlan
 from worker.engine.sweep import run_sweep
 

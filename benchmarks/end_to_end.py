@@ -95,7 +95,7 @@ def case(stack, session, name: str, model: torch.nn.Module, images: np.ndarray, 
     assert body["status"] == "succeeded", body
     in_worker = _seconds(body["started_at"], body["finished_at"])
     return [
-        name, f"{len(labels)}×{plan.images_per_sample()}", baseline.wall, elapsed,
+        name, f"{len(labels)}×{plan.grid.images_per_sample}", baseline.wall, elapsed,
         elapsed / baseline.wall, in_worker, worker_cpu / baseline.cpu,
     ], evaluation_id
 

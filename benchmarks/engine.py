@@ -72,7 +72,7 @@ def case(name: str, model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
     tally_share = tallies[f"prefetch={device.type == 'cuda'}"].seconds / wall(times["engine"])
     forward = times["forward"]
     return [
-        name, f"{len(labels)}×{plan.images_per_sample()}", batch_size,
+        name, f"{len(labels)}×{plan.grid.images_per_sample}", batch_size,
         wall(forward), wall(times["engine"]),
         wall(times["engine"]) / wall(forward), cpu(times["engine"]) / cpu(forward),
         wall(times["engine_other"]) / wall(forward),

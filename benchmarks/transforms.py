@@ -29,7 +29,7 @@ from benchmarks.common import (
     use_threads,
     wall,
 )
-from worker.engine.grid import build_sweep_grid
+from core.grid import build_sweep_grid
 from worker.engine.metrics import summary
 from worker.engine.plan import SweepPlan
 from worker.engine.sweep import run_sweep
@@ -50,7 +50,7 @@ def cost(name: str, request: dict, count: int, repeats: int) -> list:
         "engine": lambda: timed(lambda: run_sweep(model, images, labels, indices, plan, batch_size=256)),
     }, repeats)
     forward, engine = times["forward"], times["engine"]
-    return [name, f"{len(labels)}×{plan.images_per_sample()}", wall(forward), wall(engine),
+    return [name, f"{len(labels)}×{plan.grid.images_per_sample}", wall(forward), wall(engine),
             wall(engine) / wall(forward), cpu(engine) / cpu(forward),
             f"{max(spread(v) for v in times.values()) * 100:.0f}%"]
 
@@ -63,7 +63,7 @@ def engstrom(quick: bool) -> list[list]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
     from make_figures import FRAME, HELD_OUT, train
 
-    from api.ingest import digits
+    from api.services.ingest import digits
 
     data = digits()
     images = np.pad(data.images, ((0, 0), (FRAME, FRAME), (FRAME, FRAME), (0, 0)))

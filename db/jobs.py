@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 
 from db.models import (
     ClassResult,
-    Dataset,
     Evaluation,
     EvaluationChunk,
     ExampleResult,
@@ -88,11 +87,8 @@ def plan_chunks(session: Session, evaluation_id: str, split: Split) -> list[int]
     if locked.rowcount != 1 or _has_chunks(session, evaluation_id):
         return []
     evaluation = session.get(Evaluation, evaluation_id)
-    dataset = session.get(Dataset, evaluation.dataset_id)
-    max_samples = evaluation.request.get("max_samples")
-    num_samples = min(max_samples or dataset.num_samples, dataset.num_samples)
-    per_sample = evaluation.progress_total // max(1, num_samples)
-    bounds = split(num_samples, per_sample)
+    per_sample = evaluation.images_per_sample
+    bounds = split(evaluation.num_samples, per_sample)
     now = utcnow()
     session.add_all(
         EvaluationChunk(
@@ -386,6 +382,7 @@ def finish_evaluation(
             worst_prediction=e["worst_prediction"],
             worst_dx=e["worst_shift"][0],
             worst_dy=e["worst_shift"][1],
+            worst_probability=e["worst_probability"],
             flips=e["flips"],
         )
         for rank, e in enumerate(examples)

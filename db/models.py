@@ -143,6 +143,10 @@ class Evaluation(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued")
     progress_done: Mapped[int] = mapped_column(BigInteger, default=0)
     progress_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Fixed at submission, so the planner and workers never re-derive them: samples swept
+    # (max_samples of the dataset, or all) and views per sample (the grid and the reference).
+    num_samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    images_per_sample: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     error_type: Mapped[str | None] = mapped_column(String(100))
@@ -226,6 +230,8 @@ class ExampleResult(Base):
     worst_prediction: Mapped[int] = mapped_column(Integer)
     worst_dx: Mapped[float] = mapped_column(Float)
     worst_dy: Mapped[float] = mapped_column(Float)
+    # The true label's probability at the worst shift; null for evaluations recorded before it was kept.
+    worst_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
     flips: Mapped[int] = mapped_column(Integer)
 
 

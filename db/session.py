@@ -12,11 +12,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shiftscore.settings import get_settings
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _engine: Engine | None = None
+# Set by use_database (the app factory); until then the process's settings name the database.
+_url: str | None = None
 _factory: sessionmaker[Session] | None = None
 
 
@@ -38,10 +40,18 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
+def use_database(url: str) -> None:
+    """Connect to `url` from now on; the engine is built at the first session."""
+    global _url
+    if url != _url:
+        dispose_engine()
+        _url = url
+
+
 def get_engine() -> Engine:
     global _engine, _factory
     if _engine is None:
-        _engine = make_engine(get_settings().database_url)
+        _engine = make_engine(_url or get_settings().database_url)
         _factory = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 

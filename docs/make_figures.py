@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from api.ingest import digits  # noqa: E402
+from api.services.ingest import digits  # noqa: E402
+from core.grid import build_grid  # noqa: E402
 from worker import architectures  # noqa: E402
-from worker.engine.grid import build_grid  # noqa: E402
 from worker.engine.layers import profile_rows, run_layer_profile  # noqa: E402
 from worker.engine.metrics import summary  # noqa: E402
 from worker.engine.plan import SweepPlan  # noqa: E402

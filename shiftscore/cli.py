@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
+from core.settings import SettingsError, get_settings
 from shiftscore.eval_command import add_eval_parser, join_signed_values, run_eval
 from shiftscore.report_command import add_report_parser, run_report
-from shiftscore.settings import SettingsError, get_settings
 from shiftscore.token_command import add_token_parser, run_token
 
 
@@ -65,31 +65,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "up":
-        from shiftscore.up import run_up
+        from launcher.up import run_up
 
         return run_up(settings)
     if args.command == "api":
-        from shiftscore.server import run_api
+        from launcher.processes import run_api
 
         run_api(settings, args.workers, args.threads)
         return 0
     if args.command == "worker":
-        from shiftscore.server import run_worker
+        from launcher.processes import run_worker
 
         run_worker(settings, args.concurrency, args.loglevel)
         return 0
     if args.command == "webhooks":
-        from shiftscore.server import run_webhook_worker
+        from launcher.processes import run_webhook_worker
 
         run_webhook_worker(settings, args.concurrency, args.loglevel)
         return 0
     if args.command == "scheduler":
-        from shiftscore.server import run_scheduler
+        from launcher.processes import run_scheduler
 
         run_scheduler(settings)
         return 0
     if args.command == "db":
-        from shiftscore.server import migrate
+        from launcher.processes import migrate
 
         migrate(settings)
         print("database is up to date", file=sys.stderr)

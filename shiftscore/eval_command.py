@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from core.sweep import PADDING_MODES
 from shiftscore import junit
-from shiftscore.mlflow_logging import log_evaluation, require_mlflow
 from shiftscore.client import (
     Client,
     Conflict,
@@ -32,6 +32,7 @@ from shiftscore.client import (
     ShiftScoreError,
     WaitTimeout,
 )
+from shiftscore.mlflow_logging import log_evaluation, require_mlflow
 
 EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_USAGE, EXIT_SERVICE, EXIT_FAILED = 0, 1, 2, 3, 4
 # (metric in the summary, argparse destination, flag)
@@ -95,7 +96,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                                    ("brightness", "-0.2,0,0.2", "added to [0, 1] pixels")):
         parser.add_argument(f"--{axis}", help=f"{meaning}: MIN:MAX:STEP (--{axis}={example}) or a list V,V,…; "
                             "the grid is the product with the shifts")
-    parser.add_argument("--padding", default="zeros", choices=["zeros", "circular", "reflect", "edge", "crop"])
+    parser.add_argument("--padding", default="zeros", choices=PADDING_MODES)
     parser.add_argument("--fill", type=float, help="fill value in [0, 1] for --padding zeros")
     parser.add_argument("--max-samples", type=int, help="evaluate a seeded random subset of this many samples")
     parser.add_argument("--seed", type=int, help="seed of the subset (default 0)")

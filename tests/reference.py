@@ -137,3 +137,37 @@ def reference_transform_metrics(P: np.ndarray, clean: np.ndarray, y: np.ndarray,
                 total += len(P)
     metrics["flip_rate"] = flips / total if total else None
     return metrics
+def reference_view(image: np.ndarray, dx: float, dy: float, mode: str, fill: float) -> np.ndarray:
+    """One C×H×W float image shifted by the reference: exact moves, or scipy for sub-pixel shifts."""
+    if float(dx).is_integer() and float(dy).is_integer():
+        return reference_shift(image, int(dx), int(dy), mode, np.float32(fill))
+    return reference_subpixel(image, dx, dy, mode, fill).astype(np.float32)
+
+
+def reference_worst_shifts(model, images, labels, grid, mode, fill, mean, std):
+    """Per sample: its flips, and the grid position whose softmax gives the true label the least probability.
+
+    Each image is shifted alone, its views run through the model as one batch, the logits
+    turned into probabilities by scipy in float64, and the grid walked in order keeping the
+    first strict minimum. Returns one dict per sample: position, prediction and probability
+    at that position, clean prediction, flips (shifts predicting other than the clean view).
+    """
+    from scipy.special import softmax
+
+    floats = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+    out = []
+    for image, label in zip(floats, labels):
+        views = [image] + [reference_view(image, dx, dy, mode, fill) for dx, dy in grid.shifts]
+        x = (np.stack(views) - np.float32(mean)) / np.float32(std)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x.astype(np.float32))).double().numpy()
+        clean, logits = int(np.argmax(logits[0])), logits[1:]
+        best = 0
+        for j in range(1, len(logits)):
+            if softmax(logits[j])[int(label)] < softmax(logits[best])[int(label)]:
+                best = j
+        predictions = logits.argmax(axis=1)
+        out.append({"position": best, "prediction": int(predictions[best]),
+                    "probability": float(softmax(logits[best])[int(label)]), "clean": clean,
+                    "flips": int((predictions != clean).sum())})
+    return out

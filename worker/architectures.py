@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker import architecture_catalog
+from core import architecture_catalog
 
 
 class BlurPool2d(nn.Module):

@@ -18,17 +18,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from core.chunking import chunk_bounds
+from core.grid import build_sweep_grid
+from core.queue import enqueue_chunk
+from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
-from shiftscore.settings import Settings, get_settings
-from worker import profiles
-from worker.chunking import chunk_bounds
-from worker.engine.grid import Grid, build_sweep_grid
-from worker.engine.metrics import class_rows, shift_rows, summary
-from worker.engine.tally import Tally
-from worker.queue import enqueue_chunk
+from worker import completion
+from worker.engine.layers import LAYERS
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain
@@ -48,10 +47,6 @@ class Job:
     model_path: Path
     images_path: Path
     targets_path: Path
-
-
-def cache_dir(settings: Settings) -> Path:
-    return settings.storage_dir / "cache"
 
 
 def model_fields(model: Model) -> dict[str, Any]:
@@ -229,7 +224,7 @@ def _prune_cache_now_and_then(settings: Settings) -> None:
     _last_prune = time.monotonic()
     try:
         with session_scope() as session:
-            removed = prune_cache(session, cache_dir(settings))
+            removed = prune_cache(session, settings.cache_dir)
     except Exception:  # noqa: BLE001 — a cache left as it was costs disk, not results
         log.warning("could not prune the blob cache", exc_info=True)
         return
@@ -249,7 +244,7 @@ def _load(claimed: jobs.ClaimedChunk, settings: Settings) -> Job:
         evaluation = session.get(Evaluation, claimed.claim.evaluation_id)
         model = session.get(Model, evaluation.model_id)
         dataset = session.get(Dataset, evaluation.dataset_id)
-        cache = cache_dir(settings)
+        cache = settings.cache_dir
         return Job(
             claimed=claimed,
             request=evaluation.request,
@@ -300,12 +295,10 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     chunk_tally = result.get("tally")
     try:
         results.check_chunk_tally(chunk_tally, task, grid.size, claimed.stop - claimed.start,
-                                  bool(job.request.get(profiles.LAYERS)))
+                                  bool(job.request.get(LAYERS)))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    complete = profiles.complete_segmentation_chunk if task == "segmentation" else _complete_classification_chunk
-    # Safe to repeat: a chunk already done answers LostClaim, and the evaluation finishes in the same commit.
-    retrying(partial(complete, claimed, chunk_tally, reporter.high_water, grid))
+    retrying(partial(completion.complete_chunk, task, claimed, chunk_tally, reporter.high_water, grid))
 
 
 def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:
@@ -329,25 +322,3 @@ def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: di
     elif event != "alive":
         raise CageFailure("protocol", "the sandbox sent a message nobody asked for")
 
-
-def _complete_classification_chunk(
-    claimed: jobs.ClaimedChunk, chunk_tally: dict[str, Any], high_water: int, grid: Grid
-) -> None:
-    with session_scope() as session:
-        tallies = jobs.complete_chunk(session, claimed.claim, chunk_tally, high_water, claimed.total, claimed.stop)
-        if tallies is None:
-            return
-        merged = merge_tallies(tallies)
-        if jobs.finish_evaluation(
-            session, claimed.claim.evaluation_id, summary(merged, grid), shift_rows(merged, grid),
-            class_rows(merged, grid), merged.examples,
-        ):
-            profiles.record_layers(session, claimed.claim.evaluation_id, tallies, grid)
-
-
-def merge_tallies(tallies: list[dict[str, Any]]) -> Tally:
-    """One tally from the chunks' tallies (integer counts: the order cannot change the sum)."""
-    merged = Tally.from_json(tallies[0])
-    for data in tallies[1:]:
-        merged.merge(Tally.from_json(data))
-    return merged

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker import architecture_catalog, architectures, model_archives
+from core import architecture_catalog
+from core.sweep import per_channel
+from worker import architectures, model_archives
 
 FORMATS = ("torchscript", "exported", "state_dict", "onnx")
 TASKS = ("classification", "segmentation")
@@ -383,13 +385,14 @@ def _per_channel(value: Any, channels: int, default: float, name: str) -> torch.
         value = [default]
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)) or len(value) not in {1, channels}:
+    expanded = per_channel(value, channels) if isinstance(value, (list, tuple)) else None
+    if expanded is None:
         raise ModelLoadError(f"input {name} must be one number or {channels} numbers, got {value!r}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
         raise ModelLoadError(f"input {name} must be finite numbers, got {value!r}")
     if name == "std" and any(v == 0 for v in value):
         raise ModelLoadError("input std must not be zero")
-    return torch.tensor([float(v) for v in value], dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1)
+    return torch.tensor([float(v) for v in expanded], dtype=torch.float32).reshape(1, channels, 1, 1)
 
 
 def _explain_failure(exc: Exception, channels: int, height: int, width: int) -> str:

@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from core.queue import enqueue_chunk, enqueue_evaluation, enqueue_model_validation, queue_depth
+from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import reclaim_blobs
 from db.models import utcnow
 from db.session import session_scope
-from shiftscore.settings import Settings, get_settings
-from worker.queue import enqueue_chunk, enqueue_evaluation, enqueue_model_validation, queue_depth
 
 log = logging.getLogger(__name__)
 

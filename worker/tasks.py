@@ -8,19 +8,17 @@ import socket
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from db import webhooks
-from db.session import dispose_engine
-from shiftscore.settings import get_settings
-from worker.celery_app import (
+from core.celery_app import (
     DELIVER_WEBHOOK,
-    ENQUEUE_WEBHOOKS,
-    RECONCILE,
     RUN_CHUNK,
     RUN_EVALUATION,
     VALIDATE_MODEL,
     get_celery,
 )
-from worker.webhooks import DeliveryFailed, deliver, enqueue_due_webhooks
+from core.settings import get_settings
+from db import webhooks
+from db.session import dispose_engine
+from worker.webhooks import DeliveryFailed, deliver
 
 app = get_celery()
 
@@ -54,23 +52,11 @@ def run_chunk(evaluation_id: str, index: int) -> None:
     evaluations.run_next_chunk(_worker_name(), (evaluation_id, index), (SoftTimeLimitExceeded,))
 
 
-@app.task(name=RECONCILE)
-def reconcile() -> None:
-    from worker import reconciler
-
-    reconciler.reconcile()
-
-
 @app.task(name=VALIDATE_MODEL)
 def validate_model(model_id: str) -> None:
     from worker import validation
 
     validation.validate_uploaded_model(model_id, _worker_name())
-
-
-@app.task(name=ENQUEUE_WEBHOOKS)
-def enqueue_webhooks() -> int:
-    return enqueue_due_webhooks()
 
 
 @app.task(

@@ -13,12 +13,12 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from core.settings import get_settings
 from db import jobs
 from db.blobs import blob_path
 from db.models import Model
 from db.session import session_scope
-from shiftscore.settings import get_settings
-from worker.evaluations import Heartbeat, cache_dir, model_fields
+from worker.evaluations import Heartbeat, model_fields
 from worker.sandbox.cage import Cage, CageFailure
 from worker.sandbox.failures import explain
 from worker.sandbox.pool import cage_config
@@ -42,7 +42,7 @@ def validate_uploaded_model(model_id: str, worker: str) -> None:
             return
         model = session.get(Model, model_id)
         fields = model_fields(model)
-        path = blob_path(session, model.sha256, cache_dir(settings))
+        path = blob_path(session, model.sha256, settings.cache_dir)
     config = cage_config(settings)
     outcome: dict[str, Any] = {"error": None, "num_parameters": None, "num_outputs": None}
     with Heartbeat(partial(_beat, claim), max(0.1, settings.stale_after_s / 4)):

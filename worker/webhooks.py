@@ -20,12 +20,12 @@ import threading
 import time
 from datetime import timedelta
 
+from core.egress import EgressRefused, Target, resolve
+from core.queue import enqueue_webhook
+from core.settings import Settings, get_settings
 from db import webhooks
 from db.models import Evaluation
 from db.session import session_scope
-from shiftscore.egress import EgressRefused, Target, resolve
-from shiftscore.settings import Settings, get_settings
-from worker.queue import enqueue_webhook
 
 log = logging.getLogger(__name__)
 

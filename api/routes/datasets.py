@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api import responses
-from api.auth import current_tenant
-from api.openapi import Reply, operation
-from api.schemas import DatasetUpload, NameFilter, parse
-from api.serializers import dataset_json
+from api.http import responses
+from api.http.auth import current_tenant
+from api.http.openapi import Reply, operation
+from api.http.schemas import DatasetUpload, NameFilter, parse
+from api.http.serializers import dataset_json
+from api.http.uploads import form_fields, uploaded_file
 from api.services import datasets
-from api.uploads import form_fields, uploaded_file
 from db.session import session_scope
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")

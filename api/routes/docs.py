@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
-from api.openapi import Reply, build_openapi, operation
+from api.http.openapi import Reply, build_openapi, operation
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 # Found without importing swagger_ui, whose package imports its web-framework handlers.

@@ -7,12 +7,12 @@ import io
 
 from flask import Blueprint, Response, jsonify, request
 
-from api import responses
-from api.auth import current_tenant
-from api.openapi import Reply, operation
-from api.errors import BadRequest
-from api.schemas import EvaluationCreate, EvaluationFilter, ExamplesQuery, ResultsPage, ShiftsQuery, parse
-from api.serializers import evaluation_json
+from api.http import responses
+from api.http.auth import current_tenant
+from api.http.errors import BadRequest
+from api.http.openapi import Reply, operation
+from api.http.schemas import EvaluationCreate, EvaluationFilter, ExamplesQuery, ResultsPage, ShiftsQuery, parse
+from api.http.serializers import evaluation_json
 from api.services import evaluations, layers, report
 from db.session import session_scope
 
@@ -105,7 +105,8 @@ def classes(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/examples")
-@operation("The samples that break most easily (the 100 most fragile are kept), a page at a time",
+@operation("The samples that break most easily, each at the shift least confident in its label "
+           "(the 1,000 most fragile are kept), a page at a time",
            query=ExamplesQuery,
            responses={200: Reply("most flips first", responses.ExampleRows), 409: "not succeeded yet"})
 def examples(evaluation_id: str):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api import responses
-from api.openapi import Reply, operation
+from api.http import responses
+from api.http.openapi import Reply, operation
 from api.services.health import readiness
 
 bp = Blueprint("health", __name__)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import current_tenant
-from api.openapi import Reply, operation
-from api.view_schemas import Leaderboard, LeaderboardQuery
-from api.schemas import parse
+from api.http.auth import current_tenant
+from api.http.openapi import Reply, operation
+from api.http.responses import Leaderboard
+from api.http.schemas import LeaderboardQuery
+from api.http.schemas import parse
 from api.services.leaderboard import leaderboard
 from db.session import session_scope
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api import responses
-from api.auth import current_tenant
-from api.openapi import Reply, operation
-from api.schemas import NameFilter, ModelUpload, json_field, parse
-from api.serializers import model_json
+from api.http import responses
+from api.http.auth import current_tenant
+from api.http.openapi import Reply, operation
+from api.http.schemas import NameFilter, ModelUpload, json_field, parse
+from api.http.serializers import model_json
+from api.http.uploads import form_fields, uploaded_file
 from api.services import models
-from api.uploads import form_fields, uploaded_file
+from core.architecture_catalog import describe
 from db.session import session_scope
-from worker.architecture_catalog import describe
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from api.auth import current_tenant
-from api.openapi import Reply, operation
-from api.view_schemas import CompareQuery, CurvesQuery, HeatmapQuery, SampleQuery
-from api.schemas import parse
+from api.http.auth import current_tenant
+from api.http.openapi import Reply, operation
+from api.http.schemas import CompareQuery, CurvesQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
+from api.http.schemas import parse
 from api.services import pictures
 from db.session import session_scope
 
@@ -49,6 +49,18 @@ def compare(evaluation_id: str):
     query = parse(CompareQuery, request.args.to_dict(), "query")
     with session_scope() as session:
         return _png(pictures.comparison(session, current_tenant(), evaluation_id, query))
+
+
+@bp.get("/evaluations/<evaluation_id>/examples/<int:index>.png")
+@operation("Sample `index` of the evaluation's dataset as its model saw it under the shift (dx, dy), as a PNG: "
+           "the evaluation's padding and fill (and crop window), before normalization",
+           query=ExampleViewQuery, tag="evaluations",
+           responses={200: Reply("the shifted image", media_type="image/png"),
+                      404: "no such evaluation, or no such sample", 422: "the shift does not fit the image"})
+def example_view(evaluation_id: str, index: int):
+    query = parse(ExampleViewQuery, request.args.to_dict(), "query")
+    with session_scope() as session:
+        return _png(pictures.example_view(session, current_tenant(), evaluation_id, index, query))
 
 
 @bp.get("/datasets/<dataset_id>/samples/<int:index>.png")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from pydantic import BaseModel
 
-from api.auth import current_tenant
-from api.openapi import Reply, operation
+from api.http.auth import current_tenant
+from api.http.openapi import Reply, operation
 from api.services.tenants import tenant_info
 
 bp = Blueprint("tenant", __name__, url_prefix="/v1")

@@ -8,13 +8,13 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound, Unprocessable
-from api.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
-from api.pagination import paginate
+from api.http.errors import NotFound, Unprocessable
+from api.http.pagination import paginate
+from api.http.settings import current_settings
+from api.services.ingest import DatasetError, ParsedDataset, digits, parse_dataset, to_npy_bytes, upload_limits
 from api.services.quotas import check_storage, lock_tenant
 from db.blobs import hold_blob, put_blob, sha256_bytes
 from db.models import Blob, Dataset, utcnow
-from shiftscore.settings import get_settings
 
 BUILTINS = {"digits": digits}
 
@@ -98,7 +98,7 @@ def create_dataset(session: Session, tenant_id: str, name: str, path: Path, file
         session.flush()
         return dataset, True
     try:
-        parsed = parse_dataset(path, upload_limits(get_settings().max_decoded_bytes))
+        parsed = parse_dataset(path, upload_limits(current_settings().max_decoded_bytes))
     except DatasetError as exc:
         raise Unprocessable(f"the dataset file '{filename}' was not accepted: {exc}") from None
     return _store(session, parsed, tenant_id=tenant_id, name=name, sha256=sha256), True

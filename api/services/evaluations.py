@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from functools import partial
 from typing import Any
@@ -12,29 +10,27 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, Unprocessable
-from api.pagination import page_of, paginate, paginate_by_key
-from api.schemas import EvaluationCreate, EvaluationFilter
+from api.http.errors import Conflict, NotFound, Unprocessable
+from api.http.pagination import page_of, paginate, paginate_by_key
+from api.http.schemas import EvaluationCreate, EvaluationFilter
+from api.http.settings import current_settings
 from api.services.datasets import get_dataset
 from api.services.layers import check_layers_request, check_task, is_segmentation, segmentation_shift_page
 from api.services.models import get_model
 from api.services.quotas import check_queued, lock_tenant
+from api.services.sweeps import digest, sweep_key
 from api.services.webhooks import check_webhook_url
+from core.chunking import chunk_bounds
+from core.grid import AXES, Grid, GridError, build_sweep_grid, check_grid_fits, plain
+from core.queue import enqueue_chunk, enqueue_evaluation
+from core.sweep import samples_swept
+from worker.engine.metrics import marginal_rows
 from db import jobs
 from db.blobs import hold_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
 from db.session import session_scope
-from shiftscore.settings import get_settings
-from worker.chunking import chunk_bounds
-from worker.engine.grid import AXES, IDENTITY, Grid, GridError, build_sweep_grid, check_grid_fits
-from worker.engine.metrics import marginal_rows
-from worker.queue import enqueue_chunk, enqueue_evaluation
 
 log = logging.getLogger(__name__)
-
-
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
@@ -82,10 +78,6 @@ def _grid_field(message: str) -> str:
     return next((name for name in (*AXES, "padding") if message.startswith(name)), "shifts")
 
 
-def _images_per_sample(grid: Grid) -> int:
-    return grid.size + (0 if IDENTITY in grid.transforms else 1)
-
-
 def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
     request = body.model_dump(exclude={"layers", "webhook_url", "shifts", *AXES})
     request["dataset_id"] = dataset.id
@@ -95,13 +87,35 @@ def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
     return request
 
 
+def _queued_evaluation(tenant_id: str, body: EvaluationCreate, model: Model, dataset: Dataset, grid: Grid,
+                       request_sha: str, idempotency_key: str | None) -> Evaluation:
+    """The new row, with what the planner and workers read from it fixed now: samples and views per sample."""
+    num_samples = samples_swept(dataset.num_samples, body.max_samples)
+    request = _stored_request(body, dataset)
+    return Evaluation(
+        tenant_id=tenant_id,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        request=request,
+        sweep_key=sweep_key(dataset.id, grid, request),
+        tags=body.tags,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha,
+        status="queued",
+        num_samples=num_samples,
+        images_per_sample=grid.images_per_sample,
+        progress_total=num_samples * grid.images_per_sample,
+        webhook_url=body.webhook_url,
+    )
+
+
 def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: str | None) -> tuple[Evaluation, bool]:
     """Persist a queued evaluation split into chunks, then one queue message per chunk.
 
     A message only says "run the next chunk": workers pick chunks fairly between
     tenants (db.jobs.claim_next_chunk). A repeated Idempotency-Key returns the first.
     """
-    request_sha = _digest(body.model_dump(mode="json"))
+    request_sha = digest(body.model_dump(mode="json"))
     if body.webhook_url:
         check_webhook_url(body.webhook_url)
     with session_scope() as session:
@@ -115,27 +129,10 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
         grid = _check_fit(body, model, dataset)
         check_queued(session, tenant_id)
         # The sweep will need these blobs: held until it is committed, so a reclaim sees it.
-        if not all(hold_blob(session, digest) for digest in (model.sha256, dataset.images_blob, dataset.targets_blob)):
+        if not all(hold_blob(session, blob) for blob in (model.sha256, dataset.images_blob, dataset.targets_blob)):
             raise Conflict("the model or dataset was deleted while this request ran; submit again with ones "
                            "that exist (GET /v1/models, GET /v1/datasets)")
-        num_samples = min(body.max_samples or dataset.num_samples, dataset.num_samples)
-        request = _stored_request(body, dataset)
-        evaluation = Evaluation(
-            tenant_id=tenant_id,
-            model_id=model.id,
-            dataset_id=dataset.id,
-            request=request,
-            sweep_key=_digest({
-                "dataset_id": dataset.id, "grid": grid.to_json(), "padding": body.padding,
-                "fill": body.fill, "max_samples": body.max_samples, "seed": body.seed,
-            }),
-            tags=body.tags,
-            idempotency_key=idempotency_key,
-            request_sha256=request_sha,
-            status="queued",
-            progress_total=num_samples * _images_per_sample(grid),
-            webhook_url=body.webhook_url,
-        )
+        evaluation = _queued_evaluation(tenant_id, body, model, dataset, grid, request_sha, idempotency_key)
         session.add(evaluation)
         try:
             session.flush()
@@ -148,7 +145,7 @@ def submit_evaluation(tenant_id: str, body: EvaluationCreate, idempotency_key: s
             if existing is None:
                 raise
             return existing, False
-        split = partial(chunk_bounds, chunk_images=get_settings().chunk_images)
+        split = partial(chunk_bounds, chunk_images=current_settings().chunk_images)
         planned = jobs.plan_chunks(session, evaluation.id, split)
         session.refresh(evaluation)
     try:
@@ -266,9 +263,9 @@ def shift_page(session: Session, tenant_id: str, evaluation_id: str, limit: int 
 
 def _shift_row(r: ShiftResult) -> dict[str, Any]:
     """A stored row as the API shows it; angle, scale and brightness only for sweeps that have them."""
-    row: dict[str, Any] = {"dx": _plain(r.dx), "dy": _plain(r.dy)}
+    row: dict[str, Any] = {"dx": plain(r.dx), "dy": plain(r.dy)}
     if r.angle is not None:
-        row.update(angle=_plain(r.angle), scale=_plain(r.scale), brightness=_plain(r.brightness))
+        row.update(angle=plain(r.angle), scale=plain(r.scale), brightness=plain(r.brightness))
     row.update(accuracy=r.correct / r.n, agreement=r.agreed / r.n, correct=r.correct, n=r.n)
     return row
 
@@ -285,7 +282,7 @@ def marginal_page(session: Session, tenant_id: str, evaluation_id: str, limit: i
     rows = [{"dx": r.dx, "dy": r.dy, "angle": r.angle, "scale": r.scale, "brightness": r.brightness,
              "correct": r.correct, "agreed": r.agreed, "n": r.n} for r in stored]
     rows = [{key: value for key, value in row.items() if value is not None} for row in rows]
-    items = [{**m, "value": _plain(m["value"])}
+    items = [{**m, "value": plain(m["value"])}
              for m in marginal_rows(rows, build_sweep_grid(evaluation.request).named_axes)]
     numbered = list(enumerate(items))
     page, next_cursor = page_of(numbered, lambda item: item[0], limit, cursor)
@@ -318,8 +315,8 @@ def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: in
         ExampleResult.rank, limit, cursor)
     return [
         {"index": r.sample_index, "label": r.label, "clean_prediction": r.clean_prediction,
-         "worst_prediction": r.worst_prediction, "worst_shift": [_plain(r.worst_dx), _plain(r.worst_dy)],
-         "flips": r.flips}
+         "worst_prediction": r.worst_prediction, "worst_shift": [plain(r.worst_dx), plain(r.worst_dy)],
+         "worst_probability": r.worst_probability, "flips": r.flips}
         for r in rows
     ], next_cursor
 
@@ -336,7 +333,3 @@ def cancel_evaluation(session: Session, tenant_id: str, evaluation_id: str) -> E
                        if evaluation.status != "cancelled" else f"evaluation '{evaluation_id}' is already cancelled")
     jobs.request_cancel(session, evaluation)
     return evaluation
-
-
-def _plain(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from api.http.settings import current_settings
+from core.broker import redis_client_url
+from core.sandbox_status import reported_failures
 from db.session import session_scope
-from shiftscore.settings import get_settings
-from worker.broker import redis_client_url
-from worker.sandbox.probe import reported_failures
 
 
 def readiness() -> dict[str, str]:
@@ -22,7 +22,7 @@ def readiness() -> dict[str, str]:
     try:
         import redis
 
-        client = redis.Redis.from_url(redis_client_url(get_settings().broker_url), socket_timeout=2)
+        client = redis.Redis.from_url(redis_client_url(current_settings().broker_url), socket_timeout=2)
         client.ping()
         checks["broker"] = "ok"
         failures = reported_failures(client)

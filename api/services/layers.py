@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, Unprocessable
-from api.pagination import page_of, paginate_by_key
+from api.http.errors import Conflict, NotFound, Unprocessable
+from api.http.pagination import page_of, paginate_by_key
+from core.grid import plain
 from db.models import Dataset, Evaluation, LayerResult, Model, SegmentationResult
 
 # Formats whose intermediate outputs the worker can reach (forward hooks, torch.export graphs).
@@ -43,10 +44,6 @@ def is_segmentation(evaluation: Evaluation) -> bool:
     return (evaluation.summary or {}).get("task") == "segmentation"
 
 
-def _plain(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
-
-
 def segmentation_shift_page(session: Session, evaluation_id: str, limit: int | None,
                             cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Per-shift rows of a segmentation sweep (pixels for n, then the dense metrics), a page at a time."""
@@ -55,7 +52,7 @@ def segmentation_shift_page(session: Session, evaluation_id: str, limit: int | N
         SegmentationResult.position, limit, cursor)
     return [
         {
-            "dx": _plain(r.dx), "dy": _plain(r.dy),
+            "dx": plain(r.dx), "dy": plain(r.dy),
             "accuracy": r.correct / r.pixels if r.pixels else None,
             "agreement": r.agreed / r.cells if r.cells else None,
             "correct": r.correct, "n": r.pixels,
@@ -94,7 +91,7 @@ def layer_profile(session: Session, tenant_id: str, evaluation_id: str, limit: i
             layers.append({"position": r.layer_position, "name": r.layer, "kind": r.kind,
                            "shape": r.shape, "factor": r.factor, "shifts": []})
         layers[-1]["shifts"].append({
-            "dx": _plain(r.dx), "dy": _plain(r.dy),
+            "dx": plain(r.dx), "dy": plain(r.dy),
             "equivariance_error": r.equivariance_error, "invariance_error": r.invariance_error,
         })
     layers, next_cursor = page_of(layers, lambda layer: layer["position"], limit, cursor)

@@ -9,16 +9,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.view_schemas import LeaderboardQuery
-from api.serializers import iso
+from api.http.responses import LeaderboardEntry
+from api.http.schemas import LeaderboardQuery
+from api.http.serializers import iso, shaped
 from api.services.datasets import get_dataset
+from api.services.sweeps import SWEEP_FIELDS, TRANSFORM_FIELDS
 from db.models import Evaluation, Model
 
 # flip_rate counts changes, so fewer is better; every other summary metric is a rate of success.
 LOWER_IS_BETTER = {"flip_rate"}
-SWEEP_FIELDS = ("shifts", "padding", "fill", "max_samples", "seed")
-# Shown only when a sweep names them, so a translation sweep reads as it always did.
-TRANSFORM_FIELDS = ("angle", "scale", "brightness")
 
 
 @dataclass(frozen=True)
@@ -36,16 +35,7 @@ class Finished:
 
 
 def _entry(item: Finished, metric: str, rank: int | None) -> dict[str, Any]:
-    return {
-        "rank": rank,
-        "model_id": item.model_id,
-        "model_name": item.model_name,
-        "model_version": item.model_version,
-        "evaluation_id": item.evaluation_id,
-        "value": item.summary.get(metric),
-        "summary": item.summary,
-        "finished_at": iso(item.finished_at),
-    }
+    return shaped(LeaderboardEntry, item, rank=rank, value=item.summary.get(metric))
 
 
 def rank_sweep(latest: list[Finished], metric: str) -> list[dict[str, Any]]:

@@ -15,11 +15,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api.http.settings import current_settings
+from core.broker import redis_client_url
+from core.celery_app import QUEUE
 from db.models import Evaluation, Model
 from db.session import session_scope
-from shiftscore.settings import get_settings
-from worker.broker import redis_client_url
-from worker.celery_app import QUEUE
 
 EVALUATION_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 MODEL_STATUSES = ("validating", "ready", "invalid")
@@ -58,7 +58,7 @@ def _queue_depth() -> int | None:
     try:
         import redis
 
-        client = redis.Redis.from_url(redis_client_url(get_settings().broker_url), socket_timeout=2)
+        client = redis.Redis.from_url(redis_client_url(current_settings().broker_url), socket_timeout=2)
         try:
             return int(client.llen(QUEUE))
         finally:

@@ -9,15 +9,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, Unprocessable
-from api.pagination import paginate
-from api.schemas import ModelUpload
+from api.http.errors import Conflict, NotFound, Unprocessable
+from api.http.pagination import paginate
+from api.http.schemas import ModelUpload
 from api.services.quotas import check_storage, lock_tenant
+from core.architecture_catalog import ArchitectureError, validate_options
+from core.queue import enqueue_model_validation
 from db.blobs import put_blob, sha256_bytes
 from db.models import Model, utcnow
 from db.session import session_scope
-from worker.queue import enqueue_model_validation
-from worker.architecture_catalog import ArchitectureError, validate_options
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,24 @@
-"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.pictures."""
+"""Pictures of a tenant's results: fetch the rows, name them, hand them to api.services.drawing."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from api import pictures
 from api.curves import curves_png
-from api.errors import NotFound, Unprocessable
-from api.view_schemas import CompareQuery, HeatmapQuery, SampleQuery
+from api.http.errors import NotFound, Unprocessable
+from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
+from api.http.settings import current_settings
+from api.services import drawing
 from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, marginal_page, shift_results
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
-from shiftscore.settings import get_settings
-from worker.engine.grid import IDENTITY_VALUES
+from core.grid import IDENTITY_VALUES, GridError, build_grid, check_grid_fits
+from core.views import shifted_view, to_uint8
 
 
 def _names(session: Session, evaluation: Evaluation) -> tuple[str, str]:
@@ -49,8 +51,8 @@ def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: Heatmap
     if not projected:
         raise Unprocessable("no row of this sweep has the values asked for with at_angle, at_scale or at_brightness")
     subtitle = " · ".join([_sweep_line(evaluation)] + [f"{a} {v:g}" for a, v in fixed.items() if v is not None])
-    return pictures.heatmap_png(projected, metrics, title=f"{model} on {dataset}", subtitle=subtitle,
-                                full_scale=query.scale == "full", axes=(query.x, query.y))
+    return drawing.heatmap_png(projected, metrics, title=f"{model} on {dataset}", subtitle=subtitle,
+                               full_scale=query.scale == "full", axes=(query.x, query.y))
 
 
 def project(rows: list[dict[str, Any]], axes: tuple[str, str], fixed: dict[str, float]) -> list[dict[str, Any]]:
@@ -94,7 +96,7 @@ def comparison(session: Session, tenant_id: str, evaluation_id: str, query: Comp
     datasets = dataset_a if dataset_a == dataset_b else f"{dataset_a} / {dataset_b}"
     same_sweep = "same sweep" if first.sweep_key == second.sweep_key else "different sweeps"
     try:
-        return pictures.comparison_png(
+        return drawing.comparison_png(
             rows, other_rows, query.metric, labels=(label_a, label_b),
             title=f"{query.metric}: {label_a} vs {label_b}",
             subtitle=f"{datasets} · {same_sweep} · padding {first.request.get('padding')} vs "
@@ -105,12 +107,49 @@ def comparison(session: Session, tenant_id: str, evaluation_id: str, query: Comp
         raise Unprocessable(str(exc)) from None
 
 
-def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:
-    """Image `index` of a dataset the tenant can see, as a PNG."""
-    dataset = get_dataset(session, tenant_id, dataset_id)
+def _image(session: Session, dataset: Dataset, index: int) -> np.ndarray:
     if not 0 <= index < dataset.num_samples:
         raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
     # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
-    path = blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache")
-    images = np.load(path, mmap_mode="r")
-    return pictures.sample_png(np.asarray(images[index]), query.scale)
+    path = blob_path(session, dataset.images_blob, current_settings().cache_dir)
+    return np.asarray(np.load(path, mmap_mode="r")[index])
+
+
+def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:
+    """Image `index` of a dataset the tenant can see, as a PNG."""
+    dataset = get_dataset(session, tenant_id, dataset_id)
+    return drawing.sample_png(_image(session, dataset, index), query.scale)
+
+
+@dataclass(frozen=True)
+class SweepGeometry:
+    """What decides how an evaluation's model saw a sample under a shift."""
+
+    padding: str
+    fill: float
+    image_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+
+    @classmethod
+    def of(cls, session: Session, evaluation: Evaluation) -> "SweepGeometry":
+        model, dataset = session.get(Model, evaluation.model_id), session.get(Dataset, evaluation.dataset_id)
+        return cls(evaluation.request["padding"], float(evaluation.request["fill"]),
+                   (dataset.height, dataset.width), (model.input_spec["height"], model.input_spec["width"]))
+
+    def png(self, image: np.ndarray, dx: float, dy: float, zoom: int) -> bytes:
+        """The image under (dx, dy) before normalization, rounded to 0–255, as a PNG; 422 if the shift cannot apply."""
+        try:
+            check_grid_fits(build_grid({"list": [[dx, dy]]}), self.padding, self.image_hw, self.input_hw)
+        except GridError as exc:
+            raise Unprocessable(f"{exc}; choose dx and dy within that range",
+                                errors=[{"field": "dx", "message": str(exc)}]) from None
+        view = shifted_view(image, dx, dy, self.padding, self.fill, self.input_hw)
+        return drawing.sample_png(to_uint8(view), zoom)
+
+
+def example_view(session: Session, tenant_id: str, evaluation_id: str, index: int, query: ExampleViewQuery) -> bytes:
+    """Sample `index` of an evaluation's dataset as its model saw it under the query's shift, as a PNG."""
+    evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    geometry = SweepGeometry.of(session, evaluation)
+    return geometry.png(_image(session, session.get(Dataset, evaluation.dataset_id), index), query.dx, query.dy,
+                        query.zoom)

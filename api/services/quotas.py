@@ -9,10 +9,10 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.errors import TooManyRequests
+from api.http.errors import TooManyRequests
+from api.http.settings import current_settings
 from db.blobs import stored_bytes
 from db.models import Evaluation, Tenant
-from shiftscore.settings import get_settings
 
 # A queued sweep starts when one of the tenant's running sweeps ends; a part of a sweep is
 # seconds to minutes, so asking again in half a minute is neither hammering nor slow.
@@ -28,7 +28,7 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
 
 def check_queued(session: Session, tenant_id: str) -> None:
     """Refuse a new sweep while the tenant has SHIFTSCORE_QUOTA_QUEUED sweeps waiting to start."""
-    limit = get_settings().quota_queued
+    limit = current_settings().quota_queued
     queued = session.execute(
         select(func.count()).select_from(Evaluation)
         .where(Evaluation.tenant_id == tenant_id, Evaluation.status == "queued")
@@ -45,7 +45,7 @@ def check_storage(session: Session, tenant_id: str, adding: dict[str, int]) -> N
 
     `adding` maps the upload's blobs (sha256) to their sizes; blobs the tenant already holds count once.
     """
-    limit = get_settings().quota_storage_bytes
+    limit = current_settings().quota_storage_bytes
     total = stored_bytes(session, tenant_id, adding)
     if total > limit:
         raise TooManyRequests(

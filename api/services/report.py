@@ -10,15 +10,16 @@ import numpy as np
 from flask import render_template
 from sqlalchemy.orm import Session
 
-from api import pictures
-from api.serializers import dataset_json, iso, model_json
+from api.http.schemas import HeatmapQuery
+from api.http.serializers import dataset_json, iso, model_json
+from api.http.settings import current_settings
+from api.services import drawing
 from api.services import pictures as picture_service
+from api.services.pictures import SweepGeometry
 from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
 from api.services.layers import is_segmentation
-from api.view_schemas import HeatmapQuery
 from db.blobs import blob_path
-from db.models import Dataset, Model
-from shiftscore.settings import get_settings
+from db.models import Dataset, Evaluation, Model
 
 # Fragile samples shown as pictures; each is a few hundred bytes for small images.
 REPORT_EXAMPLES = 24
@@ -32,12 +33,19 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _samples(session: Session, dataset: Dataset | None, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _samples(session: Session, evaluation: Evaluation, dataset: Dataset | None,
+             examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sample as the model saw it: unshifted, and at its worst shift."""
     if dataset is None or not examples:
         return examples
-    images = np.load(blob_path(session, dataset.images_blob, get_settings().storage_dir / "cache"), mmap_mode="r")
-    scale = max(1, min(SAMPLE_SCALE, 128 // max(dataset.height, dataset.width, 1)))
-    return [{**example, "picture": data_uri(pictures.sample_png(np.asarray(images[example["index"]]), scale))}
+    images = np.load(blob_path(session, dataset.images_blob, current_settings().cache_dir), mmap_mode="r")
+    geometry = SweepGeometry.of(session, evaluation)
+    zoom = max(1, min(SAMPLE_SCALE, 64 // max(geometry.input_hw)))
+
+    def picture(example: dict[str, Any], dx: float, dy: float) -> str:
+        return data_uri(geometry.png(np.asarray(images[example["index"]]), dx, dy, zoom))
+
+    return [{**example, "picture": picture(example, 0, 0), "worst_picture": picture(example, *example["worst_shift"])}
             for example in examples]
 
 
@@ -62,7 +70,7 @@ def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> s
         sweep={key: evaluation.request.get(key) for key in ("shifts", "padding", "fill", "max_samples", "seed")},
         heatmap=data_uri(heatmap),
         classes=[] if segmentation else class_results(session, tenant_id, evaluation_id),
-        examples=[] if segmentation else _samples(session, dataset, example_results(
+        examples=[] if segmentation else _samples(session, evaluation, dataset, example_results(
             session, tenant_id, evaluation_id, REPORT_EXAMPLES)),
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )

@@ -196,9 +196,8 @@ async function showResults(e, models) {
   for (const select of [axes.x, axes.y]) select.addEventListener("change", () => showImage(heatmap, heatmapUrl()).catch(fail));
   const transformed = TRANSFORM_AXES.some((axis) => e.request[axis]);
   document.getElementById("curves-card").hidden = !transformed;
-  const [classes, examples, dataset] = await Promise.all([
-    api(`/v1/evaluations/${e.id}/classes`), api(`/v1/evaluations/${e.id}/examples?limit=12`),
-    api(`/v1/datasets/${e.dataset_id}`),
+  const [classes, dataset] = await Promise.all([
+    api(`/v1/evaluations/${e.id}/classes`), api(`/v1/datasets/${e.dataset_id}`),
     showImage(heatmap, heatmapUrl()),
     transformed ? showImage(document.getElementById("curves"), `/v1/evaluations/${e.id}/curves.png`) : null,
   ]);
@@ -206,23 +205,42 @@ async function showResults(e, models) {
     el("tr", {}, el("td", { text: c.label }), el("td", { class: "num", text: c.n }),
       el("td", { class: "num", text: pct(c.clean_accuracy) }), el("td", { class: "num", text: pct(c.mean_accuracy) }),
       el("td", { class: "num", text: pct(c.worst_case_accuracy) }))));
-
-  const scale = Math.max(1, Math.min(16, Math.ceil(96 / Math.max(dataset.height, dataset.width))));
-  const gallery = document.getElementById("examples");
-  gallery.replaceChildren(...examples.items.map((x) => {
-    const img = el("img", { class: "sample", alt: `sample ${x.index}` });
-    const wrong = x.worst_prediction !== x.label ? "bad" : "";
-    return el("figure", { class: "example", "data-index": x.index }, img,
-      el("figcaption", {},
-        el("div", { text: `#${x.index} · label ${x.label}` }),
-        el("div", { class: "muted", text: `clean → ${x.clean_prediction}` }),
-        el("div", { class: wrong, text: `worst → ${x.worst_prediction} at (${x.worst_shift.join(", ")})` }),
-        el("div", { class: "muted", text: `${x.flips} of ${s.num_shifts} shifts flip` })));
-  }));
-  await Promise.all([...gallery.querySelectorAll("figure")].map((figure) =>
-    showImage(figure.querySelector("img"), `/v1/datasets/${e.dataset_id}/samples/${figure.dataset.index}.png?scale=${scale}`)));
-  if (!examples.items.length) gallery.append(el("p", { class: "muted", text: "No sample changes its prediction under any shift." }));
+  await fragileSamples(e, s, dataset);
   await compareChoices(e, models);
+}
+
+// Each sample twice, as the model saw it: unshifted, and at the shift least confident in its label.
+async function fragileSamples(e, s, dataset) {
+  const zoom = Math.max(1, Math.min(16, Math.ceil(48 / Math.max(dataset.height, dataset.width))));
+  const gallery = document.getElementById("examples");
+  const more = document.getElementById("examples-more");
+  const view = (x, dx, dy, label) => {
+    const img = el("img", { class: "sample", alt: `sample ${x.index} ${label}`, "data-dx": dx, "data-dy": dy });
+    return { img, path: `/v1/evaluations/${e.id}/examples/${x.index}.png?dx=${dx}&dy=${dy}&zoom=${zoom}` };
+  };
+  const load = async (cursor) => {
+    const page = await api(`/v1/evaluations/${e.id}/examples?limit=12${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    const figures = page.items.map((x) => {
+      const clean = view(x, 0, 0, "unshifted"), worst = view(x, ...x.worst_shift, `at (${x.worst_shift.join(", ")})`);
+      // Two significant digits: a badly broken sample's probability is often far below 0.1%.
+      const confidence = x.worst_probability === null ? "" : ` · p(label) ${x.worst_probability.toPrecision(2)}`;
+      const figure = el("figure", { class: "example", "data-index": x.index },
+        el("div", { class: "views" }, clean.img, worst.img),
+        el("figcaption", {},
+          el("div", { text: `#${x.index} · label ${x.label}` }),
+          el("div", { class: "muted", text: `clean → ${x.clean_prediction}` }),
+          el("div", { class: x.worst_prediction !== x.label ? "bad" : "", text: `worst → ${x.worst_prediction} at (${x.worst_shift.join(", ")})${confidence}` }),
+          el("div", { class: "muted", text: `${x.flips} of ${s.num_shifts} shifts flip` })));
+      return { figure, views: [clean, worst] };
+    });
+    gallery.append(...figures.map((f) => f.figure));
+    await Promise.all(figures.flatMap((f) => f.views.map((v) => showImage(v.img, v.path))));
+    more.hidden = !page.next_cursor;
+    more.onclick = () => load(page.next_cursor).catch(fail);
+    return page.items.length;
+  };
+  gallery.replaceChildren();
+  if (!(await load(null))) gallery.append(el("p", { class: "muted", text: "No sample changes its prediction under any shift." }));
 }
 
 async function compareChoices(e, models) {
@@ -255,6 +273,11 @@ async function leaderboardPage() {
   // ?dataset_id= takes an id, or a built-in's name as the API does.
   const wanted = datasets.items.find((d) => d.id === params.get("dataset_id") || (d.builtin && d.name === params.get("dataset_id")));
   if (wanted) datasetSelect.value = wanted.id;
+  else {
+    // Open on the dataset of the latest succeeded evaluation, not on an empty board.
+    const latest = (await api("/v1/evaluations?status=succeeded&limit=1")).items[0];
+    if (latest && datasets.items.some((d) => d.id === latest.dataset_id)) datasetSelect.value = latest.dataset_id;
+  }
   if (params.get("metric")) metricSelect.value = params.get("metric");
   const show = async () => {
     if (!datasetSelect.value) return;

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
+from core.settings import get_settings
 from db.models import Base
 from db.session import make_engine
-from shiftscore.settings import get_settings
 
 url = context.config.get_main_option("sqlalchemy.url") or get_settings().database_url
 engine = make_engine(url)

@@ -317,3 +317,63 @@ def test_docs_page_has_a_proper_title_in_chromium(pg_stack, browser):
     assert heading.startswith("ShiftScore REST API"), heading
     link = browser.find_element(By.CSS_SELECTOR, 'a[href="docs/metrics"]')
     assert link.get_attribute("href") == pg_stack.url + "/docs/metrics"
+
+def test_fragile_samples_show_the_worst_shift_in_chromium(pg_stack, carol, evaluations, browser):
+    from selenium.webdriver.common.by import By
+
+    cnn, driver = evaluations["cnn"], browser
+    sign_in(driver, f"{pg_stack.url}/dashboard/evaluations/{cnn['id']}", carol.headers["Authorization"][7:])
+    loaded = ("const imgs = [...document.querySelectorAll('#examples figure img')];"
+              "return imgs.length > 0 && imgs.every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)")
+    wait_for(driver, lambda d: d.execute_script(loaded))
+    stored = carol.get(f"/v1/evaluations/{cnn['id']}/examples", params={"limit": 24}).json()["items"]
+    figures = driver.find_elements(By.CSS_SELECTOR, "#examples figure")
+    assert len(figures) == min(12, len(stored)) > 0
+    base = f"/v1/evaluations/{cnn['id']}/examples"
+    for figure, x in zip(figures, stored):
+        dx, dy = x["worst_shift"]
+        paths = [img.get_attribute("data-path") for img in figure.find_elements(By.CSS_SELECTOR, "img")]
+        assert paths == [f"{base}/{x['index']}.png?dx=0&dy=0&zoom=6", f"{base}/{x['index']}.png?dx={dx}&dy={dy}&zoom=6"]
+        shown = re.search(r"worst → (\d+) at \((\S+), (\S+)\) · p\(label\) (\S+)", figure.text)
+        assert shown.groups()[:3] == (str(x["worst_prediction"]), str(dx), str(dy)), figure.text
+        assert float(shown.group(4)) == pytest.approx(x["worst_probability"], rel=0.05)
+    # The worst view's pixels, read back from the page, are the API's picture of that shift.
+    shown = driver.execute_script("""
+        const img = document.querySelectorAll('#examples figure img')[1];
+        const canvas = document.createElement('canvas');
+        canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+        const context = canvas.getContext('2d');
+        context.drawImage(img, 0, 0);
+        return [canvas.width, canvas.height, [...context.getImageData(0, 0, canvas.width, canvas.height).data]];""")
+    dx, dy = stored[0]["worst_shift"]
+    expected = png(carol.get(f"{base}/{stored[0]['index']}.png", params={"dx": dx, "dy": dy, "zoom": 6}))
+    width, height, rgba = shown
+    assert (height, width) == expected.shape[:2] == (48, 48)
+    assert np.array_equal(np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3], expected)
+    screenshot(driver, "fragile-samples")
+    # "More samples" follows the cursor to the next page.
+    more = driver.find_element(By.ID, "examples-more")
+    assert more.is_displayed() == (len(stored) > 12)
+    if len(stored) > 12:
+        more.click()
+        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples figure")) == len(stored))
+        indices = [int(f.get_attribute("data-index")) for f in driver.find_elements(By.CSS_SELECTOR, "#examples figure")]
+        assert indices == [x["index"] for x in stored]
+
+
+def test_the_leaderboard_opens_on_a_dataset_with_results(pg_stack, carol, evaluations, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    path = tmp_path / "empty-board.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.arange(4))
+    newest = carol.upload_dataset(path, name="no-results-yet")  # listed first, and nothing ran on it
+    digits = carol.get("/v1/datasets/digits").json()
+    sign_in(browser, pg_stack.url + "/dashboard/leaderboard", carol.headers["Authorization"][7:])
+    sweeps = len(carol.get("/v1/leaderboard", params={"dataset_id": "digits"}).json()["sweeps"])
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#leaderboard .sweep")) == sweeps > 0)
+    select = Select(browser.find_element(By.ID, "leaderboard-dataset"))
+    assert select.options[0].get_attribute("value") == newest["id"]
+    assert select.first_selected_option.get_attribute("value") == digits["id"]
+    assert not browser.find_element(By.ID, "leaderboard-empty").is_displayed()
+    assert f"dataset_id={digits['id']}" in browser.current_url

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.grid import build_grid
 from tests.models import DIGITS_INPUT, circular_invariant_cnn, digits_arrays, save_torchscript
 from tests.reference import reference_metrics, reference_shift
-from worker.engine.grid import build_grid
 from worker.engine.plan import sample_indices
 
 pytestmark = pytest.mark.integration

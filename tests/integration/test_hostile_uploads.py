@@ -25,13 +25,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from examples.train_digits_cnn import DigitsCNN
+from core.grid import build_grid
 from tests.dataset_corpus import CASES, Case, encode, tar_files, write_tar, write_zip
 from tests.model_corpus import ONNX_MODEL_CASES, ZIP_CASES
 from tests.models import DIGITS_INPUT, digits_arrays, save_torchscript
 from tests.reference import reference_metrics, reference_shift
 from tests.stack import Stack, free_port
 from worker import architectures
-from worker.engine.grid import build_grid
 
 pytestmark = pytest.mark.integration
 

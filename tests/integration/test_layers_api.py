@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.grid import build_grid
 from tests.models import DIGITS_INPUT, digits_arrays
 from tests.reference import reference_crop, reference_metrics
 from worker import architectures
-from worker.engine.grid import build_grid
 from worker.engine.layers import profile_rows, run_layer_profile
-from worker.engine.segmentation import run_segmentation_sweep, segmentation_rows
 from worker.engine.plan import SweepPlan, sample_indices
+from worker.engine.segmentation import run_segmentation_sweep, segmentation_rows
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from api import create_app
+from api.http.schemas import EvaluationCreate, EvaluationFilter, ModelUpload
 from api.routes.docs import SWAGGER_UI
-from api.schemas import EvaluationCreate, EvaluationFilter, ModelUpload
-from shiftscore.settings import Settings
+from core.settings import Settings
 from tests.stack import ROOT
 
 pytestmark = pytest.mark.integration

@@ -82,9 +82,14 @@ def test_report_is_self_contained_and_holds_the_figures(rosa, done):
 
     examples = rosa.get(f"/v1/evaluations/{evaluation['id']}/examples", params={"limit": 24}).json()["items"]
     pictures = [img for img in links.images if img.get("alt", "").startswith("sample ")]
-    assert [img["alt"] for img in pictures] == [f"sample {e['index']}" for e in examples] and examples
-    first = rosa.get(f"/v1/datasets/digits/samples/{examples[0]['index']}.png", params={"scale": 8})
-    assert np.array_equal(png_pixels(pictures[0]["src"]), np.asarray(Image.open(io.BytesIO(first.content)).convert("RGB")))
+    # Each sample twice, as the model saw it: unshifted, and at its worst shift.
+    assert [img["alt"] for img in pictures] == [
+        alt for e in examples for alt in (f"sample {e['index']}", f"sample {e['index']} at "
+                                           f"({e['worst_shift'][0]}, {e['worst_shift'][1]})")] and examples
+    base = f"/v1/evaluations/{evaluation['id']}/examples/{examples[0]['index']}.png"
+    for picture, (dx, dy) in zip(pictures[:2], [(0, 0), examples[0]["worst_shift"]]):
+        served = rosa.get(base, params={"dx": dx, "dy": dy, "zoom": 8})
+        assert np.array_equal(png_pixels(picture["src"]), np.asarray(Image.open(io.BytesIO(served.content)).convert("RGB")))
 
 
 def test_shiftscore_report_saves_the_same_page(pg_stack, rosa, done, tmp_path):

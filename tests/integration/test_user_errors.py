@@ -37,7 +37,7 @@ def problem(response, status: int) -> dict:
 @pytest.mark.parametrize("shifts,field,needle", [
     ({"dx": [-2, 2, 3], "dy": [-2, 2]}, "shifts.dx", "dx must be [min, max], two numbers"),
     ({"dx": 2, "dy": [-2, 2]}, "shifts.dx", "dx must be [min, max], two numbers"),
-    ({"dx": [-2, 2]}, "shifts.dy", "Field required"),
+    ({"dx": [-2, 2]}, "shifts.dy", 'dy is missing; give shifts as {"dx": [min, max], "dy": [min, max]'),
     ({"list": [[1, 0, 2]]}, "shifts.list.0", "each shift must be [dx, dy], two numbers"),
     ({"list": [[1, 0]], "dx": [0, 1]}, "shifts.dx", 'or {"list": [[dx, dy], ...]}, one or the other'),
     ({"range": [-2, 2]}, "shifts", 'give shifts as {"dx": [min, max], "dy": [min, max], "step": 1}'),

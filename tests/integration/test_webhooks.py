@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 RECEIVER_HOST = "127.0.0.2"
 DEADLINE_S = 8
 STALE_AFTER_S = 1
-RECONCILE_PERIOD_S = 2  # worker/celery_app.py PERIODIC
+RECONCILE_PERIOD_S = 2  # worker/scheduler.py periodic_tasks
 DRIP_EVERY_S = 0.5
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from worker import architecture_catalog as catalog
+from core import architecture_catalog as catalog
 from worker import architectures
 
 # Small widths keep the ResNet and VGG fast; every other option is the default or varied below.
@@ -30,7 +30,7 @@ SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 def test_catalog_module_does_not_import_torch() -> None:
     """The API process imports the catalog; it must stay torch-free."""
-    code = "import sys, worker.architecture_catalog as c; c.describe(); print('torch' in sys.modules)"
+    code = "import sys, core.architecture_catalog as c; c.describe(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

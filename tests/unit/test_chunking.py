@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.chunking import MAX_CHUNKS, chunk_bounds
+from core.chunking import MAX_CHUNKS, chunk_bounds
 
 
 @pytest.mark.parametrize("samples,per_sample,chunk_images", [

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shiftscore import egress
-from shiftscore.egress import EgressRefused, parse_allow_entry, resolve
-from shiftscore.settings import Settings, SettingsError
+from core import egress
+from core.egress import EgressRefused, parse_allow_entry, resolve
+from core.settings import Settings, SettingsError
 
 INTERNAL = [
     "http://127.0.0.1/hook", "http://2130706433/hook", "http://127.1/hook", "http://0x7f.1/hook",

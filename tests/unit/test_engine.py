@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from worker.engine.grid import GridError, build_grid, check_grid_fits
-from worker.engine.metrics import class_rows, shift_rows, summary
-from worker.engine.shifting import make_canvas
-from worker.engine.plan import SweepError, SweepPlan, sample_indices
-from worker.engine.sweep import run_sweep
+from core.grid import GridError, build_grid, check_grid_fits
 from tests.reference import reference_shift, reference_subpixel, reference_sweep
+from worker.engine.metrics import class_rows, shift_rows, summary
+from worker.engine.plan import SweepError, SweepPlan, sample_indices
+from worker.engine.shifting import make_canvas
+from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 
 MODES = ["zeros", "circular", "reflect", "edge"]

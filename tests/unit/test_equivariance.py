@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
+from core.grid import build_grid
 from tests.reference import reference_crop, reference_shift
 from worker.architectures import make_pool
 from worker.engine.equivariance import comparable_offset, compared_pair, downsampling_factor, squared_sums
-from worker.engine.grid import build_grid
+from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.segmentation import (
     SegmentationTally,
     run_segmentation_sweep,
     segmentation_rows,
     segmentation_summary,
 )
-from worker.engine.plan import SweepError, SweepPlan
 
 
 def reference_equivariance(ref: np.ndarray, got: np.ndarray, a: int, b: int, circular: bool):

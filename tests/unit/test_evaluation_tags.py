@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.orm import Session
 
-from api.schemas import EvaluationFilter
+from api.http.schemas import EvaluationFilter
 from api.services.evaluations import list_evaluations
 from db.migrate import alembic_config, upgrade
 from db.session import make_engine

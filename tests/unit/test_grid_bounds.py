@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker.engine.grid import MAX_SHIFTS, GridError, axis_count, build_grid
+from core.grid import MAX_SHIFTS, GridError, axis_count, build_grid
 
 HUGE = [
     {"dx": [0, 1e7], "dy": [0, 0]},  # 7.5 s of an API worker on main before the limit refused it

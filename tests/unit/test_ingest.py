@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.ingest import DatasetError, Limits, digits, parse_dataset, parse_npz
+from api.services.ingest import DatasetError, Limits, digits, parse_dataset, parse_npz
 from tests.dataset_corpus import (
     CASES,
     Case,

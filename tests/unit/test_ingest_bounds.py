@@ -28,11 +28,11 @@ SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
 
-from shiftscore.settings import get_settings
+from core.settings import get_settings
 from db.migrate import upgrade
 
 upgrade(get_settings().database_url)
-from api.errors import Unprocessable
+from api.http.errors import Unprocessable
 from api.services.datasets import create_dataset
 from db.models import Tenant
 from db.session import session_scope
@@ -106,8 +106,8 @@ PARSE_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
-from api.ingest import parse_dataset, upload_limits
-from shiftscore.settings import get_settings
+from api.services.ingest import parse_dataset, upload_limits
+from core.settings import get_settings
 
 
 def status(key):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.grid import build_grid
 from tests.reference import reference_shift
 from worker import architectures
-from worker.engine.grid import build_grid
 from worker.engine.layers import GraphTap, HookTap, LayerTally, default_layers, profile_rows, run_layer_profile
 from worker.engine.plan import SweepError, SweepPlan
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.errors import BadRequest
-from api.pagination import page_of
+from api.http.errors import BadRequest
+from api.http.pagination import page_of
 
 
 def test_pages_of_a_list_add_up_in_order():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.pictures import (MAX_AXIS, RED_BLUE, VIRIDIS, Lattice, auto_range, axis_positions, bar_ticks, bin_centres,
+from api.services.drawing import (MAX_AXIS, RED_BLUE, VIRIDIS, Lattice, auto_range, axis_positions, bar_ticks, bin_centres,
                           comparison_png, heatmap_png, sample_png)
 
 

@@ -7,8 +7,8 @@ import copy
 import numpy as np
 import pytest
 
-from worker.engine.grid import build_grid
-from worker.engine.tally import Tally
+from core.grid import build_grid
+from worker.engine.tally import MAX_EXAMPLES, Tally
 from worker.sandbox import protocol, results
 
 
@@ -18,7 +18,8 @@ def real_tally() -> dict:
     predictions = rng.integers(0, 3, (5, grid.size))
     tally = Tally(num_shifts=grid.size)
     tally.add(grid, predictions, predictions[:, 1], rng.integers(0, 3, 5), np.arange(5),
-              np.asarray(grid.neighbour_pairs(), dtype=np.int64).reshape(-1, 2))
+              np.asarray(grid.neighbour_pairs(), dtype=np.int64).reshape(-1, 2),
+              np.log(rng.uniform(0.01, 1.0, (5, grid.size))))
     return tally.to_json()
 
 
@@ -37,8 +38,13 @@ FORGERIES = {
     "a string in a list": lambda t: t.update(shift_agree=[1, "2", 3]),
     "a bad class label": lambda t: t["classes"].update({"x": {"n": 1}}),
     "extra class fields": lambda t: next(iter(t["classes"].values())).update(evil=1),
-    "too many examples": lambda t: t.update(examples=[t["examples"][0]] * 101) if t["examples"] else None,
+    "too many examples": lambda t: t.update(examples=[t["examples"][0]] * (MAX_EXAMPLES + 1)),
     "an example with extra fields": lambda t: t["examples"][0].update(html="<script>"),
+    "an example without its confidence": lambda t: t["examples"][0].pop("worst_probability"),
+    "a confidence above 1": lambda t: t["examples"][0].update(worst_probability=1.5),
+    "a negative confidence": lambda t: t["examples"][0].update(worst_probability=-0.1),
+    "a confidence that is text": lambda t: t["examples"][0].update(worst_probability="0.5"),
+    "a confidence that is NaN": lambda t: t["examples"][0].update(worst_probability=float("nan")),
     "a layer profile nobody asked for": lambda t: t.update(layers={}),
     "not an object": lambda t: t.clear(),
 }

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.grid import build_grid, check_grid_fits
 from tests.reference import reference_crop, reference_metrics, reference_shift, reference_subpixel
-from worker.engine.grid import build_grid, check_grid_fits
 from worker.engine.metrics import shift_rows, summary
-from worker.engine.shifting import make_canvas
 from worker.engine.plan import SweepPlan
+from worker.engine.shifting import make_canvas
 from worker.engine.sweep import run_sweep
 
 

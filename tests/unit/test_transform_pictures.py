@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from api.curves import SERIES, curves_png
-from api.pictures import heatmap_png
+from api.services.drawing import heatmap_png
 from api.services.pictures import project
 
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 from tests.reference import SCIPY_MODES, reference_transform, reference_transform_metrics
 from worker.architectures import build
 from worker.engine.driver import ChunkViews
-from worker.engine.grid import GridError, build_sweep_grid, check_grid_fits
+from core.grid import GridError, build_sweep_grid, check_grid_fits
 from worker.engine.metrics import marginal_rows, shift_rows, summary
 from worker.engine.plan import SweepPlan
 from worker.engine.shifting import make_canvas, normalized_canvas

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from core.sweep import per_channel
 from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.shifting import Canvas, canvas_margin, make_canvas, normalize, normalized_canvas, to_float
 from worker.engine.transforms import Sampler, apply_map, brighten, with_fill_slot
@@ -98,12 +99,10 @@ def _integral(dx: float, dy: float) -> bool:
 
 def channel_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
     """A mean or std of one value, or one per channel, as a C×1×1 float32 tensor."""
-    values = list(values)
-    if len(values) == 1:
-        values = values * channels
-    if len(values) != channels:
+    expanded = per_channel(values, channels)
+    if expanded is None:
         raise SweepError(f"mean/std give {len(values)} values for {channels} channels")
-    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return torch.tensor(expanded, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
 def shift_batches(plan: SweepPlan, per_batch: int, reference_alone: bool) -> list[list[Shift]]:
@@ -115,7 +114,7 @@ def shift_batches(plan: SweepPlan, per_batch: int, reference_alone: bool) -> lis
     if reference_alone:
         others = [shift for shift in plan.grid.shifts if shift != REFERENCE]
         return [[REFERENCE], *_groups(others, per_batch)]
-    return _groups(plan.evaluated_transforms, per_batch)
+    return _groups(plan.grid.evaluated_transforms, per_batch)
 
 
 def _groups(shifts: Sequence[Shift], size: int) -> list[list[Shift]]:
@@ -188,7 +187,7 @@ def drive(
         prefetch = device.type == "cuda"
     chunk = max(1, min(batch_size, len(indices)))
     batches = shift_batches(plan, max(1, batch_size // chunk), reference_alone)
-    done = start * plan.images_per_sample()
+    done = start * plan.grid.images_per_sample
     chunks = chunked_views(images, indices, plan, chunk=chunk, start=start, device=device, prefetch=prefetch)
     with torch.inference_mode(), closing(chunks):
         for views in chunks:

@@ -29,6 +29,8 @@ from worker.engine.plan import SweepError, SweepPlan
 
 OUTPUT = "output"
 MAX_LAYERS = 100
+# The request's field naming the layers to profile, and where a chunk's tally carries the profile.
+LAYERS = "layers"
 ACTIVATIONS = frozenset({
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
     "Sigmoid", "Tanh", "Hardtanh", "Hardswish", "Hardsigmoid", "Softplus", "Softsign", "Tanhshrink",

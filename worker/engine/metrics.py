@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.engine.grid import IDENTITY_VALUES, Grid
+from core.grid import IDENTITY_VALUES, Grid
 from worker.engine.tally import Tally
 
 

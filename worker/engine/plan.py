@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.grid import IDENTITY, Grid, Transform
+from core.grid import Grid
 
 
 class SweepError(Exception):
@@ -26,17 +26,6 @@ class SweepPlan:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_hw: tuple[int, int]
-
-    @property
-    def evaluated_transforms(self) -> list[Transform]:
-        """The grid's transforms, then the identity (the reference) when the grid lacks it."""
-        transforms = list(self.grid.transforms)
-        if IDENTITY not in transforms:
-            transforms.append(IDENTITY)
-        return transforms
-
-    def images_per_sample(self) -> int:
-        return len(self.evaluated_transforms)
 
 
 def sample_indices(num_samples: int, max_samples: int | None, seed: int) -> np.ndarray:

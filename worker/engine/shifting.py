@@ -15,8 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-PADDING_MODES = ("zeros", "circular", "reflect", "edge", "crop")
-_NUMPY_PAD = {"circular": "wrap", "reflect": "reflect", "edge": "edge"}
+from core.views import axis_index
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,6 @@ class Canvas:
         return acc.to(torch.float32)
 
 
-def _axis_index(size: int, margin: int, mode: str) -> np.ndarray:
-    """Source index of each canvas position along one axis; -1 marks the fill value."""
-    positions = np.arange(size)
-    if mode == "zeros":
-        return np.pad(positions, margin, mode="constant", constant_values=-1)
-    return np.pad(positions, margin, mode=_NUMPY_PAD[mode])
-
-
 def make_canvas(
     images: torch.Tensor,
     padding: str,
@@ -74,8 +65,8 @@ def make_canvas(
         view_h, view_w = view_hw
         return Canvas(images, (height - view_h) // 2, (width - view_w) // 2, view_h, view_w)
     margin_x, margin_y = margin
-    rows = _axis_index(height, margin_y, padding)
-    cols = _axis_index(width, margin_x, padding)
+    rows = axis_index(height, margin_y, padding)
+    cols = axis_index(width, margin_x, padding)
     index_rows = torch.from_numpy(np.maximum(rows, 0)).to(images.device)
     index_cols = torch.from_numpy(np.maximum(cols, 0)).to(images.device)
     pixels = images.index_select(2, index_rows).index_select(3, index_cols)

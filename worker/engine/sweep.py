@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from worker.engine.driver import ChunkViews, Shift, drive
-from worker.engine.grid import IDENTITY
+from core.grid import IDENTITY
 from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.tally import Tally
 
@@ -34,6 +34,12 @@ def _check_logits(logits: torch.Tensor, batch_rows: int, num_labels: int) -> Non
         )
 
 
+def _true_log_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] per row, in float64 so that near-equal confidences still order."""
+    wide = logits.to(device=labels.device, dtype=torch.float64)
+    return wide.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(wide, dim=1)
+
+
 class Predictions:
     """A classification sweep's accumulator: each chunk's predictions, then its counts in a Tally.
 
@@ -42,7 +48,7 @@ class Predictions:
 
     def __init__(self, plan: SweepPlan, labels: np.ndarray, indices: np.ndarray, tally: Tally | None) -> None:
         self.grid = plan.grid
-        self.shifts = plan.evaluated_transforms
+        self.shifts = plan.grid.evaluated_transforms
         self.reference = self.shifts.index(IDENTITY)
         self.labels = labels
         self.num_labels = int(labels[indices].max()) + 1 if len(indices) else 0
@@ -52,6 +58,8 @@ class Predictions:
     def begin(self, views: ChunkViews) -> None:
         device = views.normalized.pixels.device
         self.predicted = torch.empty((len(self.shifts), len(views.rows)), dtype=torch.int64, device=device)
+        self.true_logprob = torch.empty((len(self.shifts), len(views.rows)), dtype=torch.float64, device=device)
+        self.chunk_labels = torch.as_tensor(np.asarray(self.labels[views.rows], dtype=np.int64), device=device)
         self.filled = 0
         self.finite: list[torch.Tensor] = []
 
@@ -63,6 +71,9 @@ class Predictions:
         self.predicted[self.filled : self.filled + len(shifts)] = (
             logits.argmax(dim=1).to(self.predicted.device).view(len(shifts), rows)
         )
+        self.true_logprob[self.filled : self.filled + len(shifts)] = (
+            _true_log_probability(logits, self.chunk_labels.repeat(len(shifts))).view(len(shifts), rows)
+        )
         self.filled += len(shifts)
 
     def end(self, views: ChunkViews) -> None:
@@ -73,7 +84,9 @@ class Predictions:
         grid_predictions = all_predictions if self.reference < size else all_predictions[:, :size]
         rows = views.rows
         clean = all_predictions[:, self.reference]
-        self.tally.add(self.grid, grid_predictions, clean, np.asarray(self.labels[rows]), rows, self.pairs)
+        true_logprob = np.ascontiguousarray(self.true_logprob[: self.grid.size].cpu().numpy().T)
+        self.tally.add(self.grid, grid_predictions, clean, np.asarray(self.labels[rows]), rows, self.pairs,
+                       true_logprob)
 
 
 def run_sweep(

@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from worker.engine.grid import Grid
+from core.grid import Grid, plain
 
-MAX_EXAMPLES = 100
+# The most fragile samples kept per evaluation; the API pages through them.
+MAX_EXAMPLES = 1000
+EXAMPLE_FIELDS = frozenset({"index", "label", "clean_prediction", "worst_prediction", "worst_shift",
+                            "worst_probability", "flips"})
 
 
 @dataclass
@@ -56,8 +59,13 @@ class Tally:
         labels: np.ndarray,
         indices: np.ndarray,
         pairs: np.ndarray,
+        true_logprob: np.ndarray,
     ) -> None:
-        """Count a chunk: predictions n×S over the grid, clean predictions n, labels n, indices n."""
+        """Count a chunk: predictions n×S over the grid, clean predictions n, labels n, indices n.
+
+        `true_logprob` (n×S) is the log-probability the model gave each sample's true label
+        under each grid shift; it picks the fragile samples' worst shift.
+        """
         labels = labels.astype(np.int64)
         correct = predictions == labels[:, None]
         agree = predictions == clean[:, None]
@@ -81,9 +89,9 @@ class Tally:
             counts.clean_correct += int(clean_ok[mask].sum())
             counts.shift_correct += int(per_sample_correct[mask].sum())
             counts.worst_correct += int(worst_ok[mask].sum())
-        self._add_examples(grid, predictions, clean, labels, indices, correct, agree)
+        self._add_examples(grid, predictions, clean, labels, indices, agree, true_logprob)
 
-    def _add_examples(self, grid, predictions, clean, labels, indices, correct, agree) -> None:
+    def _add_examples(self, grid, predictions, clean, labels, indices, agree, true_logprob) -> None:
         flips = (~agree).sum(axis=1)
         candidates = np.nonzero(flips > 0)[0]
         if not len(candidates):
@@ -91,20 +99,17 @@ class Tally:
         # Only the chunk's own top MAX_EXAMPLES can reach the overall top list.
         order = np.lexsort((indices[candidates], -flips[candidates]))[:MAX_EXAMPLES]
         for row in candidates[order]:
-            wrong = ~correct[row]
-            if wrong.any():
-                classes, counts = np.unique(predictions[row][wrong], return_counts=True)
-                worst = int(classes[np.argmax(counts)])
-            else:
-                worst = int(clean[row])
-            first = int(np.nonzero(predictions[row] == worst)[0][0]) if worst != clean[row] else None
-            dx, dy = grid.transforms[first][:2] if first is not None else (0.0, 0.0)
+            # The least confident transform; np.argmin takes the first of equal minima, in grid order.
+            # worst_shift reports its translation only (docs/transforms.md).
+            worst = int(np.argmin(true_logprob[row]))
+            dx, dy = grid.transforms[worst][:2]
             self.examples.append({
                 "index": int(indices[row]),
                 "label": int(labels[row]),
                 "clean_prediction": int(clean[row]),
-                "worst_prediction": worst,
-                "worst_shift": [_plain(dx), _plain(dy)],
+                "worst_prediction": int(predictions[row, worst]),
+                "worst_shift": [plain(dx), plain(dy)],
+                "worst_probability": float(np.exp(true_logprob[row, worst])),
                 "flips": int(flips[row]),
             })
         self.examples.sort(key=lambda e: (-e["flips"], e["index"]))
@@ -172,7 +177,3 @@ def _sum_of_squared_class_counts(predictions: np.ndarray) -> int:
     keys = predictions.astype(np.int64) + width * np.arange(rows, dtype=np.int64)[:, None]
     counts = np.bincount(keys.ravel(), minlength=rows * width)
     return int((counts * counts).sum())
-
-
-def _plain(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value

@@ -1,7 +1,8 @@
 """The worker's side of the sandbox: start a caged process for one model, talk to it, end it.
 
 The cage is bubblewrap: new user, PID, network, IPC and UTS namespaces; a
-filesystem of nothing but the read-only Python runtime, the `worker` package,
+filesystem of nothing but the read-only Python runtime, the `worker` and
+`core` packages (the engine's grid and the architecture catalogue live in core),
 the job's own input files and a small private /tmp; no environment from the
 worker. Inside, worker.sandbox.child lowers its rlimits and loads a seccomp
 filter before any model code runs. Everything the cage says is parsed as
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import core
 import worker
 from worker.sandbox import protocol
 
@@ -76,6 +78,14 @@ def _runtime_binds() -> list[str]:
 CHILD = ("-m", "worker.sandbox.child")
 
 
+def _package_binds() -> list[str]:
+    """Read-only binds of the code the caged child imports: the worker and the torch-free core."""
+    args = []
+    for package in (core, worker):
+        args += ["--ro-bind", str(Path(package.__file__).resolve().parent), f"{APP}/{package.__name__}"]
+    return args
+
+
 def cage_command(inputs: dict[str, Path], config: CageConfig, entry: tuple[str, ...] = CHILD) -> list[str]:
     """The command that runs Python with arguments `entry` caged, with `inputs` readable at /in/<name>."""
     python = [sys.executable, *entry]
@@ -87,7 +97,7 @@ def cage_command(inputs: dict[str, Path], config: CageConfig, entry: tuple[str, 
         # The private /tmp first: binds made after it stay visible even when the checkout,
         # its virtual environment or the cache live under /tmp themselves.
         "--clearenv", "--size", str(config.tmp_bytes), "--tmpfs", "/tmp", *_runtime_binds(),
-        "--ro-bind", str(Path(worker.__file__).resolve().parent), f"{APP}/worker",
+        *_package_binds(),
     ]
     for name, path in inputs.items():
         args += ["--ro-bind", str(path), f"{INPUTS}/{name}"]

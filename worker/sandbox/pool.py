@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shiftscore.settings import Settings
+from core.settings import Settings
 from worker.sandbox.cage import Cage, CageConfig
 
 # A kept cage is retired once it has used this share of its CPU limit, so the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from worker.engine.tally import MAX_EXAMPLES
+from worker.engine.tally import EXAMPLE_FIELDS, MAX_EXAMPLES
 
 MAX_TEXT = 500
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -46,6 +46,12 @@ def _reals(values: Any, length: int, what: str) -> None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadResult(f"{what} holds a value that is not a number")
+
+
+def _probability(value: Any, what: str) -> None:
+    # The comparison is False for NaN, so NaN fails too.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise BadResult(f"{what} is not a probability")
 
 
 def _matrix(values: Any, rows: int, columns: int, what: str, integral: bool) -> None:
@@ -90,11 +96,12 @@ def _check_examples(examples: Any) -> None:
     for example in examples:
         if not isinstance(example, dict):
             raise BadResult("an example is not an object")
-        if set(example) != {"index", "label", "clean_prediction", "worst_prediction", "worst_shift", "flips"}:
+        if set(example) != EXAMPLE_FIELDS:
             raise BadResult("an example has unexpected fields")
         for key in ("index", "label", "clean_prediction", "worst_prediction", "flips"):
             _count(example[key], f"examples.{key}")
         _reals(example["worst_shift"], 2, "examples.worst_shift")
+        _probability(example["worst_probability"], "examples.worst_probability")
 
 
 _SEGMENTATION_VECTORS = ("pixels", "correct", "cells", "agreed")

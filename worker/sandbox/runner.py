@@ -13,16 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.grid import build_sweep_grid
-from worker.engine.layers import run_layer_profile
-from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
+from core.grid import build_sweep_grid
+from worker.engine.layers import LAYERS, run_layer_profile
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
+from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
 
 Send = Callable[..., None]
-LAYERS = "layers"
 # Validation times a batch of this many images to set the sweep's per-batch deadline.
 TIMING_IMAGES = 32
 

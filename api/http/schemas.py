@@ -1,4 +1,4 @@
-"""Request schemas, validated at the edge; the same classes describe the API in OpenAPI."""
+"""Request and query schemas, validated at the edge; the same classes describe the API in OpenAPI."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from api.errors import BadRequest
-from worker.engine.grid import MAX_SHIFTS
+from api.http.errors import BadRequest
+from core.grid import MAX_SHIFTS
+from core.sweep import Padding, per_channel
 
-Padding = Literal["zeros", "circular", "reflect", "edge", "crop"]
 ModelFormat = Literal["torchscript", "exported", "state_dict", "onnx"]
 Task = Literal["classification", "segmentation"]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -71,7 +71,7 @@ class InputSpec(Strict):
         spec = self.model_dump()
         for key in ("mean", "std"):
             values = spec[key] if isinstance(spec[key], list) else [spec[key]]
-            if len(values) not in (1, self.channels):
+            if per_channel(values, self.channels) is None:
                 raise ValueError(
                     f"{key} has {len(values)} values but the model declares {self.channels} channel(s); "
                     f"give one value per channel ({self.channels}) or a single value for all")
@@ -244,6 +244,66 @@ class ShiftsQuery(ResultsPage):
     format: Literal["json", "csv"] = "json"
 
 
+SummaryMetric = Literal["consistency", "clean_accuracy", "mean_accuracy", "worst_case_accuracy", "flip_rate"]
+
+
+AxisName = Literal["dx", "dy", "angle", "scale", "brightness"]
+
+
+class HeatmapQuery(Strict):
+    """GET /v1/evaluations/{id}/heatmap.png: `both` draws accuracy and agreement side by side.
+
+    `x` and `y` pick the two axes (dx and dy by default); `at_angle`, `at_scale`, `at_brightness`
+    keep only the rows with that value, and each cell is the mean over the rows that remain.
+    """
+
+    metric: Literal["accuracy", "agreement", "both"] = "accuracy"
+    scale: Literal["auto", "full"] = Field(default="auto", description="the colour scale: the data's range or 0-100%")
+    x: AxisName = "dx"
+    y: AxisName = "dy"
+    at_angle: float | None = None
+    at_scale: float | None = None
+    at_brightness: float | None = None
+
+
+class CurvesQuery(Strict):
+    """GET /v1/evaluations/{id}/curves.png: accuracy and agreement against each axis the sweep named."""
+
+
+class CompareQuery(Strict):
+    """GET /v1/evaluations/{id}/compare.png: this evaluation, `other`, and other minus this."""
+
+    other: str = Field(min_length=1, max_length=64)
+    metric: Literal["accuracy", "agreement"] = "accuracy"
+    scale: Literal["auto", "full"] = "auto"
+
+
+class SampleQuery(Strict):
+    """GET /v1/datasets/{id}/samples/{index}.png: `scale` enlarges each pixel to a square."""
+
+    scale: int = Field(default=1, ge=1, le=32)
+
+
+class ExampleViewQuery(Strict):
+    """GET /v1/evaluations/{id}/examples/{index}.png: one sample as the model saw it under a transform.
+
+    Each axis of the transform is one query parameter, absent meaning the identity, so an
+    axis added later is one more field here. `zoom` only enlarges the picture (hard pixels).
+    """
+
+    dx: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move right by dx pixels")
+    dy: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move down by dy pixels")
+    zoom: int = Field(default=1, ge=1, le=32, description="draw each pixel as a zoom×zoom square")
+
+
+class LeaderboardQuery(Strict):
+    """GET /v1/leaderboard: one ranking per sweep of the dataset, or only the sweep `sweep_key`."""
+
+    dataset_id: str = Field(min_length=1, max_length=200, description="a dataset's id, or its name")
+    metric: SummaryMetric = "consistency"
+    sweep_key: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -262,6 +322,8 @@ def _message(item: Any) -> str:
         return item["msg"]
     if item["type"] == "extra_forbidden":
         return f"'{path[-1]}' does not belong here; {SHIFTS_SHAPES}, one or the other"
+    if item["type"] == "missing" and path[1:] in (["dx"], ["dy"]):
+        return f"{path[1]} is missing; {SHIFTS_SHAPES}"
     pair = item["type"] in ("too_long", "too_short", "tuple_type")
     if pair and path[1:] in (["dx"], ["dy"]):
         return f"{path[1]} must be [min, max], two numbers"

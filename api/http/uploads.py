@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from flask import request
 
-from api.errors import BadRequest
+from api.http.errors import BadRequest
 
 
 def form_fields(file_field: str = "file") -> dict[str, str]:
@@ -35,22 +34,3 @@ def uploaded_file(field: str = "file") -> Iterator[tuple[Path, str]]:
         handle.flush()
         yield Path(handle.name), storage.filename or field
 
-
-def discard_unread_body(limit: int, seconds: float = 10.0) -> None:
-    """Read and drop what is left of an over-limit body (at most `limit` bytes more), keeping none.
-
-    A server that answers 413 and closes a socket with unread bytes makes the kernel reset
-    the connection; a client still sending (requests, curl) then sees the reset, never the
-    413. So a body up to twice the limit is drained; a larger one is cut off straight away.
-    """
-    declared = request.content_length
-    if declared is not None and declared > 2 * limit:
-        return
-    stream = request.environ["wsgi.input"]
-    deadline = time.monotonic() + seconds
-    left = limit
-    while left > 0 and time.monotonic() < deadline:
-        block = stream.read(min(left, 1 << 16))
-        if not block:
-            return
-        left -= len(block)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.celery_app import (
+from core.celery_app import (
     DELIVER_WEBHOOK,
     QUEUE,
     RUN_CHUNK,

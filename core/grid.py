@@ -71,8 +71,17 @@ class Grid:
         return (("dx", "dy") if self.translated else ()) + tuple(axis.name for axis in self.axes)
 
     @property
-    def integral(self) -> bool:
-        return all(float(dx).is_integer() and float(dy).is_integer() for dx, dy in self.shifts)
+    def evaluated_transforms(self) -> list[Transform]:
+        """The grid's transforms, then the identity (the reference) when the grid lacks it: every sample's views."""
+        transforms = list(self.transforms)
+        if IDENTITY not in transforms:
+            transforms.append(IDENTITY)
+        return transforms
+
+    @property
+    def images_per_sample(self) -> int:
+        """Forward passes per sample: every transform of the grid (all axes) and the reference."""
+        return len(self.evaluated_transforms)
 
     @property
     def max_abs(self) -> tuple[float, float]:
@@ -102,8 +111,8 @@ class Grid:
     def to_json(self) -> list[list[float]]:
         """The rows as JSON: [dx, dy] pairs for a translation grid, else whole transforms."""
         if not self.axes:
-            return [[_plain(dx), _plain(dy)] for dx, dy in self.shifts]
-        return [[_plain(value) for value in transform] for transform in self.transforms]
+            return [[plain(dx), plain(dy)] for dx, dy in self.shifts]
+        return [[plain(value) for value in transform] for transform in self.transforms]
 
 
 def _round(value: float) -> float:
@@ -111,7 +120,8 @@ def _round(value: float) -> float:
     return round(value, _DECIMALS) + 0.0
 
 
-def _plain(value: float) -> float | int:
+def plain(value: float) -> float | int:
+    """A coordinate as JSON shows it: 2 rather than 2.0, 0.5 as it is."""
     return int(value) if float(value).is_integer() else value
 
 
@@ -165,7 +175,7 @@ def build_grid(spec: dict[str, Any]) -> Grid:
         repeated = [s for s in shifts if s in seen or seen.add(s)]
         if repeated:
             dx, dy = repeated[0]
-            raise GridError(f"shifts.list repeats the pair [{_plain(dx)}, {_plain(dy)}]")
+            raise GridError(f"shifts.list repeats the pair [{plain(dx)}, {plain(dy)}]")
         return Grid(tuple(sorted(shifts, key=lambda s: (s[1], s[0]))), None)
     unknown = set(spec) - {"dx", "dy", "step"}
     if unknown:
@@ -208,7 +218,7 @@ def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_h
             if (top - math.ceil(dy) < 0 or top - math.floor(dy) + input_h > image_h
                     or left - math.ceil(dx) < 0 or left - math.floor(dx) + input_w > image_w):
                 raise GridError(
-                    f"shift ({_plain(dx)}, {_plain(dy)}) moves the {input_h}x{input_w} crop window "
+                    f"shift ({plain(dx)}, {plain(dy)}) moves the {input_h}x{input_w} crop window "
                     f"outside the {image_h}x{image_w} image; the window can move by "
                     f"{left}..{image_w - input_w - left} in x and {top}..{image_h - input_h - top} in y"
                 )
@@ -222,7 +232,7 @@ def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_h
     if max_dx >= image_w or max_dy >= image_h:
         raise GridError(
             f"every shift needs |dx| < {image_w} and |dy| < {image_h} (the image size); "
-            f"the grid reaches |dx| = {_plain(max_dx)}, |dy| = {_plain(max_dy)}"
+            f"the grid reaches |dx| = {plain(max_dx)}, |dy| = {plain(max_dy)}"
         )
 
 
@@ -236,7 +246,7 @@ def _check_limits(name: str, values: list[float]) -> None:
     for value in values:
         if value > high or value < low or (value == low and not closed):
             where = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g}]"
-            raise GridError(f"{name} {_plain(value)} is outside {where}"
+            raise GridError(f"{name} {plain(value)} is outside {where}"
                             + (": a scale must be positive" if name == "scale" else ""))
 
 
@@ -256,7 +266,7 @@ def build_axis(name: str, spec: Any) -> Axis:
         seen: set[float] = set()
         repeated = [v for v in values if v in seen or seen.add(v)]
         if repeated:
-            raise GridError(f"{name}.list repeats the value {_plain(repeated[0])}")
+            raise GridError(f"{name}.list repeats the value {plain(repeated[0])}")
         _check_limits(name, values)
         return Axis(name, tuple(sorted(values)), None)
     unknown = set(spec) - {"range", "step"}

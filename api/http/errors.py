@@ -8,6 +8,8 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from api.http.limits import discard_unread_body, too_large_detail
+
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
@@ -63,10 +65,6 @@ class TooManyRequests(Problem):
         self.retry_after = retry_after
 
 
-class ServiceUnavailable(Problem):
-    status, title, type = 503, "Service unavailable", "/problems/unavailable"
-
-
 def problem_response(status: int, title: str, detail: str, type: str = "about:blank",
                      errors: list[dict[str, Any]] | None = None) -> Response:
     body: dict[str, Any] = {"type": type, "title": title, "status": status, "detail": detail}
@@ -90,10 +88,6 @@ def register_error_handlers(app: Flask) -> None:
     def _http(error: HTTPException) -> Response:
         detail = error.description or error.name
         if error.code == 413:
-            # Imported here: api.uploads imports this module.
-            from api.limits import too_large_detail
-            from api.uploads import discard_unread_body
-
             detail = too_large_detail()
             discard_unread_body(request.max_content_length or 0)
         response = problem_response(error.code or 500, error.name, detail)

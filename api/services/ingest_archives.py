@@ -22,7 +22,7 @@ from typing import IO, TypeVar
 
 import numpy as np
 
-from api.ingest import DatasetError, Limits, ParsedDataset, check_arrays, npy_array
+from api.services.ingest import DatasetError, Limits, ParsedDataset, check_arrays, npy_array
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel

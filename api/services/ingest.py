@@ -88,7 +88,7 @@ def npy_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[memoryview, np.n
 def parse_dataset(path: Path, limits: Limits = LIMITS) -> ParsedDataset:
     """Read an NPZ, a .zip or .tar(.gz) image folder, told apart by content, not by name."""
     # Imported here: the image-folder reader builds on this module (and loads Pillow).
-    from api import ingest_archives
+    from api.services import ingest_archives
 
     with path.open("rb") as handle:
         head = handle.read(512)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from worker.engine.grid import IDENTITY_VALUES
+from core.grid import IDENTITY_VALUES
 
 Row = Mapping[str, Any]
 Shift = tuple[float, float]

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from shiftscore.settings import Settings
+from core.settings import Settings
 
 
 def migrate(settings: Settings) -> None:
@@ -56,8 +56,8 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> No
 
     import redis
 
-    from worker.broker import redis_client_url
-    from worker.sandbox.probe import publish
+    from core.broker import redis_client_url
+    from core.sandbox_status import publish
     from worker.tasks import app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -87,7 +87,7 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> No
 
 def run_webhook_worker(settings: Settings, concurrency: int | None, loglevel: str) -> None:
     """A Celery worker for the webhook queue only: threads, since a delivery mostly waits on the network."""
-    from worker.celery_app import WEBHOOK_QUEUE
+    from core.celery_app import WEBHOOK_QUEUE
     from worker.tasks import app
 
     app.worker_main(argv=[
@@ -129,15 +129,13 @@ def run_scheduler(settings: Settings) -> None:
     import signal
     import threading
 
-    from worker.celery_app import PERIODIC
-    from worker.scheduler import run_periodic
-    from worker.tasks import app
+    from worker.scheduler import periodic_tasks, run_periodic
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    tasks = {name: (app.tasks[name].run, seconds) for name, seconds in PERIODIC.items()}
+    tasks = periodic_tasks()
     logging.getLogger("shiftscore.scheduler").info("running %s", ", ".join(tasks) or "no periodic tasks")
     # The scheduler only queues deliveries; this child sends them, so every launcher
     # (scripts/up, docker-compose, the tests) that starts a scheduler delivers webhooks.

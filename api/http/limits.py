@@ -1,10 +1,12 @@
-"""Request body limits: a multipart upload may be large, every other body (JSON) stays small."""
+"""Request body limits: a multipart upload may be large, every other body (JSON) stays small; a 413 drains what it can."""
 
 from __future__ import annotations
 
+import time
+
 from flask import Flask, current_app, request
 
-from shiftscore.settings import Settings
+from core.settings import Settings
 
 MULTIPART = "multipart/form-data"
 
@@ -30,3 +32,23 @@ def too_large_detail() -> str:
         return (f"a form field is larger than {current_app.config.get('MAX_FORM_MEMORY_SIZE')} bytes or the "
                 "form has too many parts; send large content as the multipart 'file' part")
     return f"the upload is larger than the limit of {limit} bytes (SHIFTSCORE_MAX_UPLOAD_BYTES)"
+
+
+def discard_unread_body(limit: int, seconds: float = 10.0) -> None:
+    """Read and drop what is left of an over-limit body (at most `limit` bytes more), keeping none.
+
+    A server that answers 413 and closes a socket with unread bytes makes the kernel reset
+    the connection; a client still sending (requests, curl) then sees the reset, never the
+    413. So a body up to twice the limit is drained; a larger one is cut off straight away.
+    """
+    declared = request.content_length
+    if declared is not None and declared > 2 * limit:
+        return
+    stream = request.environ["wsgi.input"]
+    deadline = time.monotonic() + seconds
+    left = limit
+    while left > 0 and time.monotonic() < deadline:
+        block = stream.read(min(left, 1 << 16))
+        if not block:
+            return
+        left -= len(block)

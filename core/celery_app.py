@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shiftscore.settings import Settings, get_settings
-from worker.broker import celery_broker_url
+from core.broker import celery_broker_url
+from core.settings import Settings, get_settings
 
 QUEUE = "shiftscore"
 # Webhook deliveries have a queue and workers of their own (`shiftscore webhooks`, a thread
@@ -14,14 +14,7 @@ WEBHOOK_QUEUE = "shiftscore.webhooks"
 RUN_EVALUATION = "shiftscore.run_evaluation"
 VALIDATE_MODEL = "shiftscore.validate_model"
 RUN_CHUNK = "shiftscore.run_chunk"
-RECONCILE = "shiftscore.reconcile"
-ENQUEUE_WEBHOOKS = "shiftscore.enqueue_webhooks"
 DELIVER_WEBHOOK = "shiftscore.deliver_webhook"
-
-# Periodic tasks: task name -> seconds between runs. Each is a thin task in worker/tasks.py
-# that calls domain code; `shiftscore scheduler` runs them in its own process (worker/scheduler.py).
-# The reconciler's pass is a few indexed queries; how soon it acts is SHIFTSCORE_STALE_AFTER.
-PERIODIC: dict[str, float] = {ENQUEUE_WEBHOOKS: 1.0, RECONCILE: 2.0}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -48,10 +41,19 @@ def make_celery(settings: Settings) -> Celery:
 
 
 _app: Celery | None = None
+# Set by use_settings (the app factory); until then the process's settings name the broker.
+_settings: Settings | None = None
+
+
+def use_settings(settings: Settings) -> None:
+    """Send to `settings`' broker from now on; the Celery app is built at the first use."""
+    global _app, _settings
+    if settings != _settings:
+        _app, _settings = None, settings
 
 
 def get_celery() -> Celery:
     global _app
     if _app is None:
-        _app = make_celery(get_settings())
+        _app = make_celery(_settings or get_settings())
     return _app

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from api.errors import BadRequest
+from api.http.errors import BadRequest
 
 T = TypeVar("T")
 _INVALID = "the cursor is not valid; pass the 'next_cursor' of a previous page of the same list"

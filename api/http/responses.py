@@ -1,4 +1,4 @@
-"""Response schemas: the shapes api/serializers.py returns, for the OpenAPI document.
+"""Response schemas: the shapes api/http/serializers.py returns, for the OpenAPI document.
 
 The OpenAPI test checks real responses against these (schemathesis' response conformance),
 so a serializer that changes shape without them fails the suite.
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas import ModelFormat, Status, Task
+from api.http.schemas import ModelFormat, Status, SummaryMetric, Task
 
 
 class Dataset(BaseModel):
@@ -157,8 +157,9 @@ class ExampleRow(BaseModel):
     index: int
     label: int
     clean_prediction: int
-    worst_prediction: int
-    worst_shift: tuple[float, float]
+    worst_prediction: int  # the prediction at worst_shift
+    worst_shift: tuple[float, float]  # the grid shift least confident in the true label
+    worst_probability: float | None  # the true label's probability there (null if stored before it was kept)
     flips: int
 
 
@@ -214,3 +215,31 @@ class Layer(BaseModel):
 class LayerProfile(BaseModel):
     items: list[Layer]
     next_cursor: str | None
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int | None  # null when the evaluation has no value for the metric (flip_rate of a list)
+    model_id: str
+    model_name: str
+    model_version: int
+    evaluation_id: str
+    value: float | None
+    summary: Summary
+    finished_at: str
+
+
+class SweepRanking(BaseModel):
+    sweep_key: str
+    sweep: dict[str, Any]  # shifts, padding, fill, max_samples, seed; angle, scale, brightness when named
+    num_samples: int
+    num_shifts: int
+    latest_finished_at: str
+    items: list[LeaderboardEntry]
+
+
+class Leaderboard(BaseModel):
+    dataset_id: str
+    dataset_name: str
+    metric: SummaryMetric
+    higher_is_better: bool
+    sweeps: list[SweepRanking]

@@ -1,0 +1,1 @@
+"""Starting the service's processes (API, workers, scheduler, `shiftscore up`); the CLI calls these."""
