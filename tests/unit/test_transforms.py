@@ -255,3 +255,34 @@ def test_the_circular_invariant_model_and_quarter_turns():
         torch.testing.assert_close(logits(symmetric, chunk.view(0, 0, angle, 1, 0)), clean, rtol=0, atol=1e-12)
     # Not for other angles: interpolation changes the pixels themselves.
     assert (logits(symmetric, chunk.view(0, 0, 45, 1, 0)) - clean).abs().max() > 1e-6
+
+
+def test_images_per_sample_counts_every_transform_and_the_identity():
+    with_identity = build_sweep_grid({"angle": {"list": [-10, 0, 10]}, "brightness": {"list": [0, 0.2]}})
+    assert with_identity.images_per_sample == 6 == len(with_identity.evaluated_transforms)
+    without = build_sweep_grid({"shifts": {"list": [[1, 0]]}, "scale": {"list": [0.9, 1.1]}})
+    assert without.images_per_sample == 3 and without.evaluated_transforms[-1] == (0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def test_the_worst_transform_is_the_least_probable_over_every_axis():
+    rng = np.random.default_rng(5)
+    images, labels = rng.integers(0, 256, (9, 8, 8, 1), dtype=np.uint8), rng.integers(0, 4, 9)
+    grid = build_sweep_grid(JOINT[0])
+    model = Float64Net()
+    tally = run_sweep(model, images, labels, np.arange(9), SweepPlan(grid, "reflect", 0.0, (0.2,), (0.4,), (8, 8)),
+                      batch_size=6)
+    pixels = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+
+    def log_probabilities(transform) -> np.ndarray:
+        batch = reference(pixels, transform, "reflect", 0.0)
+        with torch.no_grad():
+            logits = model(torch.from_numpy((batch - np.float32(0.2)) / np.float32(0.4))).double()
+        return torch.log_softmax(logits, dim=1).numpy()[np.arange(9), labels]
+
+    true = np.stack([log_probabilities(t) for t in grid.transforms], axis=1)
+    assert tally.examples, "the random model must flip some samples"
+    for example in tally.examples:
+        worst = grid.transforms[int(np.argmin(true[example["index"]]))]
+        # worst_shift is the translation of the least probable transform, whichever axis moved.
+        assert tuple(example["worst_shift"]) == worst[:2]
+        assert example["worst_probability"] == pytest.approx(float(np.exp(true[example["index"]].min())), rel=1e-9)
