@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from api.curves import curves_png
+from api.services.curves import curves_png
 from api.http.errors import NotFound, Unprocessable
 from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
 from api.http.settings import current_settings

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from api.curves import SERIES, curves_png
+from api.services.curves import SERIES, curves_png
 from api.services.drawing import heatmap_png
 from api.services.pictures import project
 
