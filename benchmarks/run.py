@@ -20,6 +20,7 @@ BENCHMARKS = {
     "runtimes": "default settings end to end vs eager TorchScript at default threads; early_exit vs full",
     "cores": "one sweep on threads vs chunk-parallel processes (the default use of the cores)",
     "big_uploads": "a 1.3 GB NPZ and one 10× smaller: API and worker peak RSS, upload vs cp, sweeps",
+    "transforms": "rotation and translation×rotation sweeps vs the forward passes; the Engstrom grid",
 }
 
 

@@ -1,13 +1,27 @@
-"""The translation grid of a sweep (SPEC §1); plain Python so the API can validate grids."""
+"""The grid of a sweep: translations, and rotation, scale and brightness beside them.
+
+Plain Python so the API can validate grids. A grid's rows are *transforms*
+`(dx, dy, angle, scale, brightness)`; a translation-only grid's rows are its
+shifts with the identity tail.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 MAX_SHIFTS = 10_000
 _DECIMALS = 9
+
+Transform = tuple[float, float, float, float, float]
+IDENTITY: Transform = (0.0, 0.0, 0.0, 1.0, 0.0)
+# The axes beside the translation, in the order they sit in a Transform after dx, dy.
+AXES = ("angle", "scale", "brightness")
+_POSITION = {"dx": 0, "dy": 1, "angle": 2, "scale": 3, "brightness": 4}
+# Each axis's value in the identity transform, by name.
+IDENTITY_VALUES = dict(zip(_POSITION, IDENTITY))
 
 
 class GridError(ValueError):
@@ -15,28 +29,59 @@ class GridError(ValueError):
 
 
 @dataclass(frozen=True)
+class Axis:
+    """One of angle, scale, brightness: its values ascending, and its step when it is a range."""
+
+    name: str
+    values: tuple[float, ...]
+    step: float | None
+
+
+@dataclass(frozen=True)
 class Grid:
-    """The grid's shifts ordered by dy then dx, and the step when it is a range grid."""
+    """The translation grid (shifts by dy then dx, its step for a range), and the other named axes.
+
+    `translated` says whether the request named `shifts` at all (absent means dx = dy = 0).
+    """
 
     shifts: tuple[tuple[float, float], ...]
     step: float | None
+    axes: tuple[Axis, ...] = ()
+    translated: bool = True
+
+    @cached_property
+    def transforms(self) -> tuple[Transform, ...]:
+        """Every row: ordered by brightness, scale, angle, dy, then dx (the last varies fastest)."""
+        values = {axis.name: axis.values for axis in self.axes}
+        return tuple(
+            (dx, dy, angle, scale, brightness)
+            for brightness in values.get("brightness", (0.0,))
+            for scale in values.get("scale", (1.0,))
+            for angle in values.get("angle", (0.0,))
+            for dx, dy in self.shifts
+        )
 
     @property
     def size(self) -> int:
-        return len(self.shifts)
+        return len(self.shifts) * math.prod(len(axis.values) for axis in self.axes)
 
     @property
-    def evaluated_shifts(self) -> list[tuple[float, float]]:
-        """The grid's shifts, then the reference (0, 0) when the grid lacks it: every sample's views."""
-        shifts = list(self.shifts)
-        if (0.0, 0.0) not in self.shifts:
-            shifts.append((0.0, 0.0))
-        return shifts
+    def named_axes(self) -> tuple[str, ...]:
+        """The axes the request named, as marginals report them."""
+        return (("dx", "dy") if self.translated else ()) + tuple(axis.name for axis in self.axes)
+
+    @property
+    def evaluated_transforms(self) -> list[Transform]:
+        """The grid's transforms, then the identity (the reference) when the grid lacks it: every sample's views."""
+        transforms = list(self.transforms)
+        if IDENTITY not in transforms:
+            transforms.append(IDENTITY)
+        return transforms
 
     @property
     def images_per_sample(self) -> int:
-        """Forward passes per sample: the grid's shifts and the reference."""
-        return len(self.evaluated_shifts)
+        """Forward passes per sample: every transform of the grid (all axes) and the reference."""
+        return len(self.evaluated_transforms)
 
     @property
     def max_abs(self) -> tuple[float, float]:
@@ -47,20 +92,27 @@ class Grid:
         )
 
     def neighbour_pairs(self) -> list[tuple[int, int]]:
-        """Index pairs of shifts one step apart in exactly one of dx, dy (empty for a list)."""
-        if self.step is None:
+        """Index pairs of transforms one step apart in exactly one range axis (list axes give none)."""
+        steps = [(0, self.step), (1, self.step)] if self.step is not None else []
+        steps += [(_POSITION[axis.name], axis.step) for axis in self.axes if axis.step is not None]
+        if not steps:
             return []
-        index = {shift: i for i, shift in enumerate(self.shifts)}
+        index = {transform: i for i, transform in enumerate(self.transforms)}
         pairs = []
-        for i, (dx, dy) in enumerate(self.shifts):
-            for neighbour in ((_round(dx + self.step), dy), (dx, _round(dy + self.step))):
-                j = index.get(neighbour)
+        for i, transform in enumerate(self.transforms):
+            for position, step in steps:
+                neighbour = list(transform)
+                neighbour[position] = _round(neighbour[position] + step)
+                j = index.get(tuple(neighbour))
                 if j is not None:
                     pairs.append((i, j))
         return pairs
 
     def to_json(self) -> list[list[float]]:
-        return [[plain(dx), plain(dy)] for dx, dy in self.shifts]
+        """The rows as JSON: [dx, dy] pairs for a translation grid, else whole transforms."""
+        if not self.axes:
+            return [[plain(dx), plain(dy)] for dx, dy in self.shifts]
+        return [[plain(value) for value in transform] for transform in self.transforms]
 
 
 def _round(value: float) -> float:
@@ -79,7 +131,7 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def axis_count(low: float, high: float, step: float, name: str = "axis") -> int:
+def axis_count(low: float, high: float, step: float, name: str = "axis", *, field: str | None = None) -> int:
     """How many values k = 0 … ⌊(high − low)/step + 1e-9⌋ an axis has, counted without building it.
 
     Raises GridError past MAX_SHIFTS, so a request such as [0, 1e12] costs arithmetic, not a list.
@@ -87,17 +139,18 @@ def axis_count(low: float, high: float, step: float, name: str = "axis") -> int:
     quotient = (high - low) / step
     # A span of 1e308 (or a step of 1e-308) overflows to inf: refuse it rather than floor() it.
     if not math.isfinite(quotient) or quotient + 1e-9 >= MAX_SHIFTS:
-        raise GridError(f"shifts.{name} [{low:g}, {high:g}] in steps of {step:g} has more than {MAX_SHIFTS} "
+        raise GridError(f"{field or 'shifts.' + name} [{low:g}, {high:g}] in steps of {step:g} has more than {MAX_SHIFTS} "
                         f"values; a grid has at most {MAX_SHIFTS} shifts (narrow the range or use a larger step)")
     return math.floor(quotient + 1e-9) + 1
 
 
-def _bounds(bounds: Any, name: str) -> tuple[float, float]:
+def _bounds(bounds: Any, name: str, *, field: str | None = None) -> tuple[float, float]:
+    field = field or f"shifts.{name}"
     if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-        raise GridError(f"shifts.{name} must be [min, max]")
-    low, high = (_number(v, f"shifts.{name}") for v in bounds)
+        raise GridError(f"{field} must be [min, max]")
+    low, high = (_number(v, field) for v in bounds)
     if low > high:
-        raise GridError(f"shifts.{name}: min {low:g} is greater than max {high:g}")
+        raise GridError(f"{field}: min {low:g} is greater than max {high:g}")
     return low, high
 
 
@@ -147,6 +200,13 @@ def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_h
     image_h, image_w = image_hw
     input_h, input_w = input_hw
     if padding == "crop":
+        geometric = [axis.name for axis in grid.axes if axis.name in ("angle", "scale")]
+        if geometric:
+            raise GridError(
+                f"padding 'crop' takes translations and brightness only, not {' or '.join(geometric)}: "
+                "a rotated or scaled window would need pixels from outside the image; choose "
+                "zeros, circular, reflect or edge padding"
+            )
         if image_h < input_h or image_w < input_w:
             raise GridError(
                 f"padding 'crop' needs images larger than the model input: "
@@ -174,3 +234,65 @@ def check_grid_fits(grid: Grid, padding: str, image_hw: tuple[int, int], input_h
             f"every shift needs |dx| < {image_w} and |dy| < {image_h} (the image size); "
             f"the grid reaches |dx| = {plain(max_dx)}, |dy| = {plain(max_dy)}"
         )
+
+
+# Each axis's allowed values: (low, high, whether low itself is allowed).
+_LIMITS = {"angle": (-360.0, 360.0, True), "scale": (0.0, 10.0, False), "brightness": (-1.0, 1.0, True)}
+_AXIS_SHAPES = '{"range": [min, max], "step": s} or {"list": [v, ...]}'
+
+
+def _check_limits(name: str, values: list[float]) -> None:
+    low, high, closed = _LIMITS[name]
+    for value in values:
+        if value > high or value < low or (value == low and not closed):
+            where = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g}]"
+            raise GridError(f"{name} {plain(value)} is outside {where}"
+                            + (": a scale must be positive" if name == "scale" else ""))
+
+
+def build_axis(name: str, spec: Any) -> Axis:
+    """One of angle, scale, brightness from `{range, step}` or `{list}`, or raise GridError."""
+    if not isinstance(spec, dict):
+        raise GridError(f"{name} must be an object: {_AXIS_SHAPES}")
+    if "list" in spec:
+        if set(spec) - {"list"}:
+            raise GridError(f"{name}.list cannot be combined with range or step")
+        raw = spec["list"]
+        if not isinstance(raw, list) or not raw:
+            raise GridError(f"{name}.list must be a non-empty list of numbers")
+        if len(raw) > MAX_SHIFTS:
+            raise GridError(f"{name}.list has {len(raw)} values; a grid has at most {MAX_SHIFTS} transforms")
+        values = [_round(_number(v, f"{name}.list entries")) for v in raw]
+        seen: set[float] = set()
+        repeated = [v for v in values if v in seen or seen.add(v)]
+        if repeated:
+            raise GridError(f"{name}.list repeats the value {plain(repeated[0])}")
+        _check_limits(name, values)
+        return Axis(name, tuple(sorted(values)), None)
+    unknown = set(spec) - {"range", "step"}
+    if unknown or "range" not in spec or "step" not in spec:
+        raise GridError(f"{name} needs both range and step (or a list): {_AXIS_SHAPES}")
+    step = _number(spec["step"], f"{name}.step")
+    if step <= 0:
+        raise GridError(f"{name}.step must be positive")
+    low, high = _bounds(spec["range"], "range", field=f"{name}.range")
+    count = axis_count(low, high, step, field=f"{name}.range")
+    values = [_round(low + k * step) for k in range(count)]
+    _check_limits(name, values)
+    return Axis(name, tuple(values), _round(step))
+
+
+def build_sweep_grid(request: dict[str, Any]) -> Grid:
+    """The whole grid of a request: `shifts` (absent: dx = dy = 0) times the named other axes."""
+    named = [name for name in AXES if request.get(name) is not None]
+    shifts = request.get("shifts")
+    if shifts is None and not named:
+        raise GridError("name at least one axis: shifts, angle, scale or brightness")
+    base = build_grid(shifts) if shifts is not None else Grid(((0.0, 0.0),), None, translated=False)
+    axes = tuple(build_axis(name, request[name]) for name in named)
+    total = base.size * math.prod(len(axis.values) for axis in axes)
+    if total > MAX_SHIFTS:
+        sizes = " × ".join([str(base.size)] * (shifts is not None) + [str(len(axis.values)) for axis in axes])
+        raise GridError(f"the grid has {sizes} = {total} transforms; at most {MAX_SHIFTS} are allowed "
+                        "(narrow a range or use a larger step)")
+    return replace(base, axes=axes)

@@ -366,8 +366,9 @@ def finish_evaluation(
     for table in (ShiftResult, ClassResult, ExampleResult):
         session.execute(delete(table).where(table.evaluation_id == evaluation_id))
     session.add_all(
-        ShiftResult(evaluation_id=evaluation_id, position=i, dx=r["dx"], dy=r["dy"], n=r["n"],
-                    correct=r["correct"], agreed=r["agreed"])
+        ShiftResult(evaluation_id=evaluation_id, position=i, dx=r["dx"], dy=r["dy"], angle=r.get("angle"),
+                    scale=r.get("scale"), brightness=r.get("brightness"), n=r["n"], correct=r["correct"],
+                    agreed=r["agreed"])
         for i, r in enumerate(shifts)
     )
     session.add_all(ClassResult(evaluation_id=evaluation_id, **row) for row in classes)

@@ -226,6 +226,10 @@ class ShiftResult(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     dx: Mapped[float] = mapped_column(Float)
     dy: Mapped[float] = mapped_column(Float)
+    # Null unless the sweep names angle, scale or brightness (SPEC 1b rows).
+    angle: Mapped[float | None] = mapped_column(Float, default=None)
+    scale: Mapped[float | None] = mapped_column(Float, default=None)
+    brightness: Mapped[float | None] = mapped_column(Float, default=None)
     n: Mapped[int] = mapped_column(Integer)
     correct: Mapped[int] = mapped_column(Integer)
     agreed: Mapped[int] = mapped_column(Integer)

@@ -276,15 +276,22 @@ class Client:
 
     # Evaluations
 
-    def submit(self, model_id: str, dataset_id: str = "digits", *, shifts: Mapping[str, Any],
+    def submit(self, model_id: str, dataset_id: str = "digits", *, shifts: Mapping[str, Any] | None = None,
+               angle: Mapping[str, Any] | None = None, scale: Mapping[str, Any] | None = None,
+               brightness: Mapping[str, Any] | None = None,
                padding: str = "zeros", fill: float | None = None, max_samples: int | None = None,
                seed: int | None = None, tags: list[str] | None = None, idempotency_key: str | None = None,
                model_timeout: float = 300.0, backend: str | None = None, early_exit: bool | None = None) -> Json:
-        """Submit a sweep; `shifts` is {"dx": [min, max], "dy": [min, max], "step": 1} or {"list": [[dx, dy], …]}.
+        """Submit a sweep; `shifts` is {"dx": [min, max], "dy": [min, max], "step": 1} or {"list": [[dx, dy], …]};
+        `angle`, `scale`, `brightness` are each {"range": [min, max], "step": s} or {"list": [v, …]}, and the
+        grid is the product of the axes given (at least one). `backend="torch"` forces eager PyTorch;
+        `early_exit=True` measures only the worst case (and clean accuracy), stopping each sample early.
 
         A model still being validated is waited for (the API answers 409 until then).
         """
-        body: Json = {"model_id": model_id, "dataset_id": dataset_id, "shifts": dict(shifts), "padding": padding}
+        body: Json = {"model_id": model_id, "dataset_id": dataset_id, "padding": padding}
+        axes = (("shifts", shifts), ("angle", angle), ("scale", scale), ("brightness", brightness))
+        body.update({key: dict(value) for key, value in axes if value is not None})
         optional = (("fill", fill), ("max_samples", max_samples), ("seed", seed), ("tags", tags),
                     ("backend", backend), ("early_exit", early_exit))
         for key, value in optional:
@@ -361,6 +368,10 @@ class Client:
     def shifts(self, evaluation_id: str) -> list[Json]:
         """Every per-shift row, in grid order (following the pages)."""
         return list(self._pages(f"/v1/evaluations/{evaluation_id}/shifts", {}))
+
+    def marginals(self, evaluation_id: str) -> list[Json]:
+        """Accuracy and agreement against each axis the sweep named (`axis`, `value`, …), following the pages."""
+        return list(self._pages(f"/v1/evaluations/{evaluation_id}/marginals", {}))
 
     def shifts_csv(self, evaluation_id: str) -> str:
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/shifts", params={"format": "csv"}).text

@@ -53,7 +53,8 @@ SCALING = ("Pixels are divided by 255 to [0, 1] before the model's normalization
            "mean and std the model was trained with on that [0, 1] scale (statistics of 0-255 pixels divided "
            "by 255); leaving them out means mean 0 and std 1, no normalization at all.")
 # Flags whose values start with a minus sign that argparse would take for an option.
-_SIGNED_VALUE_FLAGS = ("--dx", "--dy", "--shift-list")
+_SIGNED_VALUE_FLAGS = ("--dx", "--dy", "--shift-list", "--angle", "--scale", "--brightness")
+TRANSFORM_AXES = ("angle", "scale", "brightness")
 
 
 class UsageError(ValueError):
@@ -85,11 +86,17 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset-file", help="upload this NPZ (images, labels) and evaluate on it")
     parser.add_argument("--dataset-name", help="name of the --dataset-file upload (default: the file's name without "
                                                "extension); the same name and file again reuse that dataset")
-    parser.add_argument("--max-shift", type=float, default=3, help="shift dx and dy from -N to N")
+    parser.add_argument("--max-shift", type=float, help="shift dx and dy from -N to N (default 3, or no shift at all "
+                        "when --angle, --scale or --brightness is given without shift flags)")
     parser.add_argument("--dx", help="dx range MIN:MAX (--dx -2:2 or --dx=-2:2), overrides --max-shift")
     parser.add_argument("--dy", help="dy range MIN:MAX (--dy -2:2 or --dy=-2:2), overrides --max-shift")
     parser.add_argument("--step", type=float, default=1.0, help="grid step (0.5 for sub-pixel shifts)")
     parser.add_argument("--shift-list", help='explicit shifts "DX,DY;DX,DY;…" (e.g. --shift-list "-1,0;1,0")')
+    for axis, example, meaning in (("angle", "-30:30:10", "degrees, counter-clockwise"),
+                                   ("scale", "0.8:1.2:0.1", "above 1 enlarges"),
+                                   ("brightness", "-0.2,0,0.2", "added to [0, 1] pixels")):
+        parser.add_argument(f"--{axis}", help=f"{meaning}: MIN:MAX:STEP (--{axis}={example}) or a list V,V,…; "
+                            "the grid is the product with the shifts")
     parser.add_argument("--padding", default="zeros", choices=PADDING_MODES)
     parser.add_argument("--fill", type=float, help="fill value in [0, 1] for --padding zeros")
     parser.add_argument("--max-samples", type=int, help="evaluate a seeded random subset of this many samples")
@@ -143,6 +150,27 @@ def _range(raw: str | None, half: float, flag: str) -> list[float]:
         raise UsageError(f"{flag} needs MIN:MAX, e.g. {flag} -2:2; got {raw!r}") from None
 
 
+def axis_from(raw: str, flag: str) -> dict[str, Any]:
+    """`MIN:MAX:STEP` as {"range": [MIN, MAX], "step": STEP}; `V,V,…` as {"list": [V, …]}."""
+    try:
+        if ":" in raw:
+            low, high, step = (float(part) for part in raw.split(":"))
+            return {"range": [low, high], "step": step}
+        return {"list": [float(part) for part in raw.split(",")]}
+    except ValueError:
+        raise UsageError(f"{flag} needs MIN:MAX:STEP (e.g. {flag}=-30:30:10) or a list V,V,…; got {raw!r}") from None
+
+
+def grid_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep's axes from the grid flags: `shifts`, and `angle`, `scale`, `brightness` when given."""
+    axes = {axis: axis_from(getattr(args, axis), f"--{axis}") for axis in TRANSFORM_AXES
+            if getattr(args, axis, None) is not None}
+    shift_flags = (args.dx, args.dy, args.shift_list, args.max_shift)
+    if not axes or any(flag is not None for flag in shift_flags):
+        axes["shifts"] = shifts_from(args)
+    return axes
+
+
 def shifts_from(args: argparse.Namespace) -> dict[str, Any]:
     """The sweep's `shifts` object from the grid flags."""
     if args.shift_list:
@@ -153,8 +181,8 @@ def shifts_from(args: argparse.Namespace) -> dict[str, Any]:
         if not pairs or any(len(pair) != 2 for pair in pairs):
             raise UsageError(f'--shift-list needs "DX,DY;DX,DY;…", got {args.shift_list!r}')
         return {"list": pairs}
-    return {"dx": _range(args.dx, args.max_shift, "--dx"), "dy": _range(args.dy, args.max_shift, "--dy"),
-            "step": args.step}
+    half = 3.0 if args.max_shift is None else args.max_shift
+    return {"dx": _range(args.dx, half, "--dx"), "dy": _range(args.dy, half, "--dy"), "step": args.step}
 
 
 def _json_flag(raw: str | None, flag: str) -> Any:
@@ -195,8 +223,9 @@ def wants_early_exit(args: argparse.Namespace) -> bool:
     if args.early_exit is not None:
         return bool(args.early_exit)
     others = [getattr(args, dest) for _, dest, _ in GATES if dest != "min_worst_case"]
+    # A gate stops early on translations only: a sweep with other axes measures them all.
     return args.min_worst_case is not None and all(value is None for value in others) and not (
-        args.baseline or args.max_drop or args.mlflow)
+        args.baseline or args.max_drop or args.mlflow or any(getattr(args, axis) for axis in TRANSFORM_AXES))
 
 
 def max_drops(args: argparse.Namespace) -> dict[str, float]:
@@ -311,7 +340,7 @@ def _evaluate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     if args.dataset_file:
         dataset_id = client.upload_dataset(args.dataset_file, args.dataset_name, timeout=args.timeout)["id"]
         _say(args, f"dataset {dataset_id} uploaded")
-    evaluation = client.submit(model["id"], dataset_id, shifts=shifts_from(args), padding=args.padding,
+    evaluation = client.submit(model["id"], dataset_id, **grid_from(args), padding=args.padding,
                                fill=args.fill, max_samples=args.max_samples, seed=args.seed, tags=args.tags,
                                backend=None if args.backend == "auto" else args.backend,
                                early_exit=True if wants_early_exit(args) else None)
@@ -337,7 +366,7 @@ def run_eval(args: argparse.Namespace) -> int:
     args.started = time.monotonic()
     try:
         _check_usage(args)
-        shifts_from(args)
+        grid_from(args)
         client = Client(args.url, args.token, timeout=120)
     except (UsageError, ValueError) as exc:
         return _fail(args, EXIT_USAGE, str(exc))

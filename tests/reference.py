@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, special
 
 
 def _source(index: int, size: int, mode: str) -> int | None:
@@ -103,6 +103,40 @@ def reference_crop(image: np.ndarray, dx: float, dy: float, height: int, width: 
     return moved[:, top : top + height, left : left + width].astype(image.dtype)
 
 
+SCIPY_MODES = {"zeros": "grid-constant", "circular": "grid-wrap", "reflect": "mirror", "edge": "nearest"}
+
+
+def reference_transform(image: np.ndarray, transform, mode: str, fill: float) -> np.ndarray:
+    """SPEC §1b on one C×H×W float32 image: scipy's affine_transform per channel, then brightness."""
+    dx, dy, angle, scale, brightness = transform
+    height, width = image.shape[1:]
+    c, s = special.cosdg(angle), special.sindg(angle)
+    matrix = (1.0 / scale) * np.array([[c, s], [-s, c]])
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    offset = (centre - matrix @ centre) - matrix @ np.array([dy, dx], dtype=np.float64)
+    moved = np.stack([
+        ndimage.affine_transform(channel.astype(np.float64), matrix, offset=offset, order=1,
+                                 mode=SCIPY_MODES[mode], cval=float(np.float32(fill))).astype(np.float32)
+        for channel in image
+    ])
+    return np.minimum(np.maximum(moved + np.float32(brightness), np.float32(0)), np.float32(1))
+
+
+def reference_transform_metrics(P: np.ndarray, clean: np.ndarray, y: np.ndarray, transforms, steps) -> dict:
+    """SPEC §2 over a §1b grid; `steps` maps a transform position (0–4) to its range step."""
+    metrics = reference_metrics(P, clean, y, [t[:2] for t in transforms], None)
+    index = {tuple(t): j for j, t in enumerate(transforms)}
+    flips = total = 0
+    for j, t in enumerate(transforms):
+        for position, step in steps.items():
+            neighbour = list(t)
+            neighbour[position] = round(neighbour[position] + step, 9) + 0.0
+            k = index.get(tuple(neighbour))
+            if k is not None:
+                flips += int((P[:, j] != P[:, k]).sum())
+                total += len(P)
+    metrics["flip_rate"] = flips / total if total else None
+    return metrics
 def reference_view(image: np.ndarray, dx: float, dy: float, mode: str, fill: float) -> np.ndarray:
     """One C×H×W float image shifted by the reference: exact moves, or scipy for sub-pixel shifts."""
     if float(dx).is_integer() and float(dy).is_integer():

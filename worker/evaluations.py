@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.chunking import chunk_bounds
-from core.grid import build_grid
+from core.grid import build_sweep_grid
 from core.queue import enqueue_chunk
 from core.settings import Settings, get_settings
 from db import jobs
@@ -282,7 +282,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     cage, fresh = POOL.take(key, inputs, fields, config)
     if fresh:
         cage.run({"op": "load"}, config.wall_seconds, "loading the model", until=until)
-    grid = build_grid(job.request["shifts"])
+    grid = build_sweep_grid(job.request)
     reporter = _Reporter(claimed, settings.progress_interval_s)
     task = job.model["task"]
     on_event = partial(_on_sweep_event, reporter, task, grid.size)

@@ -123,6 +123,9 @@ class EvaluationPage(BaseModel):
 class ShiftRow(BaseModel):
     dx: float
     dy: float
+    angle: float | None = Field(default=None, description="only in sweeps that name angle, scale or brightness")
+    scale: float | None = None
+    brightness: float | None = None
     accuracy: float
     agreement: float
     correct: int
@@ -131,6 +134,19 @@ class ShiftRow(BaseModel):
 
 class ShiftRows(BaseModel):
     items: list[ShiftRow]
+    next_cursor: str | None
+
+
+class MarginalRow(BaseModel):
+    axis: Literal["dx", "dy", "angle", "scale", "brightness"]
+    value: float
+    accuracy: float
+    agreement: float
+    n: int = Field(description="samples times the transforms with this value")
+
+
+class MarginalRows(BaseModel):
+    items: list[MarginalRow]
     next_cursor: str | None
 
 
@@ -227,7 +243,7 @@ class LeaderboardEntry(BaseModel):
 
 class SweepRanking(BaseModel):
     sweep_key: str
-    sweep: dict[str, Any]  # shifts, padding, fill, max_samples, seed
+    sweep: dict[str, Any]  # shifts, padding, fill, max_samples, seed; angle, scale, brightness when named
     num_samples: int
     num_shifts: int
     latest_finished_at: str

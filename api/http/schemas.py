@@ -122,12 +122,32 @@ Shifts = Annotated[
 ]
 
 
+class AxisRange(Strict):
+    """Every value min + k·step ≤ max of one of angle, scale, brightness."""
+
+    range: tuple[float, float]
+    step: float = Field(gt=0)
+
+
+class AxisList(Strict):
+    """Explicit distinct values of one of angle, scale, brightness (sorted before the sweep)."""
+
+    list: builtins.list[float] = Field(min_length=1, max_length=MAX_SHIFTS)
+
+
+TransformAxis = AxisRange | AxisList
+AXIS_DOC = ('{"range": [min, max], "step": s} or {"list": [v, ...]}; the grid is the product of every axis named')
+
+
 class EvaluationCreate(Strict):
     """POST /v1/evaluations."""
 
     model_id: str = Field(max_length=200, description="a model's id, or its name: the latest ready version")
     dataset_id: str = Field(max_length=200, description="a dataset's id, or its name: the newest of that name")
-    shifts: Shifts
+    shifts: Shifts | None = Field(default=None, description="translations; optional when another axis is named")
+    angle: TransformAxis | None = Field(default=None, description="degrees, counter-clockwise; " + AXIS_DOC)
+    scale: TransformAxis | None = Field(default=None, description="in (0, 10], above 1 enlarges; " + AXIS_DOC)
+    brightness: TransformAxis | None = Field(default=None, description="added to [0, 1] pixels; " + AXIS_DOC)
     padding: Padding = "zeros"
     fill: float = Field(default=0.0, ge=0.0, le=1.0)
     max_samples: int | None = Field(default=None, ge=1)
@@ -235,11 +255,27 @@ class ShiftsQuery(ResultsPage):
 SummaryMetric = Literal["consistency", "clean_accuracy", "mean_accuracy", "worst_case_accuracy", "flip_rate"]
 
 
+AxisName = Literal["dx", "dy", "angle", "scale", "brightness"]
+
+
 class HeatmapQuery(Strict):
-    """GET /v1/evaluations/{id}/heatmap.png: `both` draws accuracy and agreement side by side."""
+    """GET /v1/evaluations/{id}/heatmap.png: `both` draws accuracy and agreement side by side.
+
+    `x` and `y` pick the two axes (dx and dy by default); `at_angle`, `at_scale`, `at_brightness`
+    keep only the rows with that value, and each cell is the mean over the rows that remain.
+    """
 
     metric: Literal["accuracy", "agreement", "both"] = "accuracy"
-    scale: Literal["auto", "full"] = "auto"
+    scale: Literal["auto", "full"] = Field(default="auto", description="the colour scale: the data's range or 0-100%")
+    x: AxisName = "dx"
+    y: AxisName = "dy"
+    at_angle: float | None = None
+    at_scale: float | None = None
+    at_brightness: float | None = None
+
+
+class CurvesQuery(Strict):
+    """GET /v1/evaluations/{id}/curves.png: accuracy and agreement against each axis the sweep named."""
 
 
 class CompareQuery(Strict):

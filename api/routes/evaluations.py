@@ -20,7 +20,8 @@ bp = Blueprint("evaluations", __name__, url_prefix="/v1/evaluations")
 
 
 @bp.post("")
-@operation("Submit a shift sweep", body=EvaluationCreate,
+@operation("Submit a sweep: shifts, and angle, scale, brightness beside them (the grid is their product)",
+           body=EvaluationCreate,
            headers={"Idempotency-Key": "repeat a submission safely: the same key returns the first evaluation"},
            responses={202: Reply("the queued evaluation", responses.Evaluation, headers={"Location": "its URL"}),
                       404: "no such model or dataset", 409: "the model is still being validated",
@@ -79,6 +80,17 @@ def shifts(evaluation_id: str):
                         headers={"Content-Disposition": f"attachment; filename={evaluation_id}-shifts.csv"})
     with session_scope() as session:
         rows, cursor = evaluations.shift_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
+    return jsonify(items=rows, next_cursor=cursor)
+
+
+@bp.get("/<evaluation_id>/marginals")
+@operation("Accuracy and agreement against each axis the request named (dx, dy, angle, scale, brightness), "
+           "a page at a time", query=ResultsPage,
+           responses={200: Reply("per axis, its values ascending", responses.MarginalRows), 409: "not succeeded yet"})
+def marginals(evaluation_id: str):
+    query = parse(ResultsPage, request.args.to_dict(), "query")
+    with session_scope() as session:
+        rows, cursor = evaluations.marginal_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
     return jsonify(items=rows, next_cursor=cursor)
 
 

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, request
 
 from api.http.auth import current_tenant
 from api.http.openapi import Reply, operation
-from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
+from api.http.schemas import CompareQuery, CurvesQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
 from api.http.schemas import parse
 from api.services import pictures
 from db.session import session_scope
@@ -20,13 +20,24 @@ def _png(data: bytes) -> Response:
 
 
 @bp.get("/evaluations/<evaluation_id>/heatmap.png")
-@operation("Accuracy (or agreement, or both side by side) over the grid as a PNG", query=HeatmapQuery,
-           tag="evaluations", responses={200: Reply("the heatmap", media_type="image/png"),
-                                         409: "not succeeded yet"})
+@operation("Accuracy (or agreement, or both side by side) over two axes of the grid (dx and dy by default) as a PNG",
+           query=HeatmapQuery, tag="evaluations", responses={
+               200: Reply("the heatmap", media_type="image/png"), 409: "not succeeded yet",
+               422: "no row has the at_ values asked for"})
 def heatmap(evaluation_id: str):
     query = parse(HeatmapQuery, request.args.to_dict(), "query")
     with session_scope() as session:
         return _png(pictures.heatmap(session, current_tenant(), evaluation_id, query))
+
+
+@bp.get("/evaluations/<evaluation_id>/curves.png")
+@operation("Accuracy and agreement against each axis the sweep named (its marginals) as a PNG", query=CurvesQuery,
+           tag="evaluations", responses={200: Reply("one panel per axis", media_type="image/png"),
+                                         409: "not succeeded yet"})
+def curves(evaluation_id: str):
+    parse(CurvesQuery, request.args.to_dict(), "query")
+    with session_scope() as session:
+        return _png(pictures.curves(session, current_tenant(), evaluation_id))
 
 
 @bp.get("/evaluations/<evaluation_id>/compare.png")

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from core.grid import IDENTITY_VALUES
+
 Row = Mapping[str, Any]
 Shift = tuple[float, float]
 Color = tuple[int, int, int]
@@ -22,6 +24,9 @@ VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c",
 # ColorBrewer RdBu: red where the other evaluation is worse, blue where it is better.
 RED_BLUE = ["#b2182b", "#ef8a62", "#fddbc7", "#f7f7f7", "#d1e5f0", "#67a9cf", "#2166ac"]
 METRIC_LABELS = {"accuracy": "accuracy", "agreement": "agreement with (0, 0)"}
+AXIS_LABELS = {"dx": "dx (px, + moves right)", "dy": "dy (px, + moves down)",
+               "angle": "angle (degrees, counter-clockwise)", "scale": "scale (above 1 enlarges)",
+               "brightness": "brightness (added to [0, 1] pixels)"}
 
 BACKGROUND: Color = (255, 255, 255)
 INK: Color = (33, 37, 41)
@@ -124,6 +129,15 @@ def axis_positions(values: Sequence[float]) -> list[float]:
     return bin_centres(distinct[0], distinct[-1])
 
 
+def _positions(values: Sequence[float], axis: str) -> list[float]:
+    """Pixel axes sit at their true distances (`axis_positions`); angle, scale and brightness get a
+    column per distinct value, as few as the sweep has (binned past MAX_AXIS)."""
+    if axis in ("dx", "dy"):
+        return axis_positions(values)
+    distinct = sorted(set(round(float(v), 6) for v in values))
+    return distinct if len(distinct) <= MAX_AXIS else bin_centres(distinct[0], distinct[-1])
+
+
 def bin_centres(low: float, high: float) -> list[float]:
     """At most MAX_AXIS centres k·width spanning [low, high], the width a round 1, 2, 2.5 or 5 × 10^n."""
     magnitude = 10.0 ** math.floor(math.log10((high - low) / (MAX_AXIS - 1)))
@@ -154,9 +168,9 @@ class Lattice:
     binned: bool = False  # some cells stand for several shifts (their mean is drawn)
 
     @classmethod
-    def through(cls, shifts: Sequence[Shift]) -> "Lattice":
-        xs = tuple(axis_positions([dx for dx, _ in shifts]))
-        ys = tuple(axis_positions([dy for _, dy in shifts]))
+    def through(cls, shifts: Sequence[Shift], axes: tuple[str, str] = ("dx", "dy")) -> "Lattice":
+        xs = tuple(_positions([dx for dx, _ in shifts], axes[0]))
+        ys = tuple(_positions([dy for _, dy in shifts], axes[1]))
         on_x, on_y = set(xs), set(ys)
         binned = any(round(dx, 6) not in on_x or round(dy, 6) not in on_y for dx, dy in shifts)
         return cls(xs, ys, binned)
@@ -232,7 +246,9 @@ def _points_tick(value: float) -> str:
 class _Figure:
     """Lays out a title, panels sharing one lattice, and colour bars; then draws them."""
 
-    def __init__(self, lattice: Lattice, title: str, subtitle: str) -> None:
+    def __init__(self, lattice: Lattice, title: str, subtitle: str, axes: tuple[str, str] = ("dx", "dy")) -> None:
+        self.axes = axes
+        self.identity = (IDENTITY_VALUES[axes[0]], IDENTITY_VALUES[axes[1]])
         if lattice.binned:
             subtitle = " · ".join(filter(None, [subtitle, "too many shifts for a cell each: a cell is the "
                                                           "mean of the shifts nearest it"]))
@@ -291,8 +307,8 @@ class _Figure:
                 draw.rectangle((x0, y0, x0 + cell - 1 - gap, y0 + cell - 1 - gap), fill=color)
                 if value is not None:
                     self._cell_text(draw, x0, y0, panel.formatter(value), color)
-        if 0.0 in lattice.xs and 0.0 in lattice.ys and not lattice.binned:
-            col, row = lattice.cell((0.0, 0.0))
+        if self.identity[0] in lattice.xs and self.identity[1] in lattice.ys and not lattice.binned:
+            col, row = lattice.cell(self.identity)
             x0, y0 = plot_x + col * cell, top + row * cell
             # Dark then light, so the outline shows on dark and light cells alike.
             draw.rectangle((x0 - 1, y0 - 1, x0 + cell - gap, y0 + cell - gap), outline=INK, width=2)
@@ -322,23 +338,23 @@ class _Figure:
         lattice, cell = self.lattice, self.cell
         xs = [_nice(v) for v in lattice.xs]
         every = self._every(xs, cell)
-        anchor = lattice.xs.index(0.0) if 0.0 in lattice.xs else 0
+        anchor = lattice.xs.index(self.identity[0]) if self.identity[0] in lattice.xs else 0
         bottom = top + self.plot_h
         for col, text in enumerate(xs):
             if (col - anchor) % every == 0:
                 cx = plot_x + col * cell + cell / 2
                 draw.line((cx, bottom + 1, cx, bottom + 4), fill=MUTED)
                 draw.text((cx, bottom + 6), text, font=self.tick_font, fill=INK, anchor="mt")
-        draw.text((plot_x + self.plot_w / 2, bottom + 24), "dx (px, + moves right)", font=self.tick_font,
+        draw.text((plot_x + self.plot_w / 2, bottom + 24), AXIS_LABELS[self.axes[0]], font=self.tick_font,
                   fill=MUTED, anchor="mt")
         every = max(1, math.ceil(16 / cell))
-        anchor = lattice.ys.index(0.0) if 0.0 in lattice.ys else 0
+        anchor = lattice.ys.index(self.identity[1]) if self.identity[1] in lattice.ys else 0
         for row, value in enumerate(lattice.ys):
             if (row - anchor) % every == 0:
                 cy = top + row * cell + cell / 2
                 draw.line((plot_x - 4, cy, plot_x - 1, cy), fill=MUTED)
                 draw.text((plot_x - 6, cy), _nice(value), font=self.tick_font, fill=INK, anchor="rm")
-        label = "dy (px, + moves down)"
+        label = AXIS_LABELS[self.axes[1]]
         text_w, text_h = _text_size(self.tick_font, label)
         strip = Image.new("RGB", (text_w + 4, text_h + 6), BACKGROUND)
         ImageDraw.Draw(strip).text((2, 1), label, font=self.tick_font, fill=MUTED)
@@ -366,17 +382,20 @@ def _check_metric(metric: str) -> None:
 
 
 def heatmap_png(rows: Sequence[Row], metrics: Sequence[str], *, title: str, subtitle: str = "",
-                full_scale: bool = False) -> bytes:
-    """A heatmap per metric (side by side, one shared colour scale) of per-shift rows."""
+                full_scale: bool = False, axes: tuple[str, str] = ("dx", "dy")) -> bytes:
+    """A heatmap per metric (side by side, one shared colour scale) of rows keyed by `dx` and `dy`.
+
+    `axes` names what those two keys stand for (rows of other axes are projected onto them first).
+    """
     if not rows:
         raise ValueError("a heatmap needs at least one per-shift row")
     for metric in metrics:
         _check_metric(metric)
-    lattice = Lattice.through([(float(r["dx"]), float(r["dy"])) for r in rows])
+    lattice = Lattice.through([(float(r["dx"]), float(r["dy"])) for r in rows], axes)
     present = [float(r[m]) for r in rows for m in metrics if r.get(m) is not None]
     colormap = Colormap.of(VIRIDIS, *auto_range(present, full_scale))
     panels = [Panel(METRIC_LABELS[m], _values(rows, m), colormap, _percent) for m in metrics]
-    figure = _Figure(lattice, title, subtitle)
+    figure = _Figure(lattice, title, subtitle, axes)
     return figure.render(panels, [(len(panels) - 1, colormap, "percent", _percent_tick)])
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.http.errors import Conflict, NotFound, Unprocessable
-from api.http.pagination import paginate, paginate_by_key
+from api.http.pagination import page_of, paginate, paginate_by_key
 from api.http.schemas import EvaluationCreate, EvaluationFilter
 from api.http.settings import current_settings
 from api.services.datasets import get_dataset
@@ -23,9 +23,10 @@ from api.services.quotas import check_queued, lock_tenant
 from api.services.sweeps import digest, sweep_key
 from api.services.webhooks import check_webhook_url
 from core.chunking import chunk_bounds
-from core.grid import Grid, GridError, build_grid, check_grid_fits, plain
+from core.grid import AXES, Grid, GridError, build_sweep_grid, check_grid_fits, plain
 from core.queue import enqueue_chunk, enqueue_evaluation
 from core.sweep import samples_swept
+from core.marginals import marginal_rows
 from db import jobs
 from db.blobs import hold_blob, read_blob
 from db.models import ClassResult, Dataset, Evaluation, EvaluationTag, ExampleResult, Model, ShiftResult
@@ -57,10 +58,16 @@ def _check_fit(body: EvaluationCreate, model: Model, dataset: Dataset) -> Grid:
             f"{spec['channels']}"
         )
     try:
-        grid = build_grid(body.shifts.model_dump())
+        grid = build_sweep_grid(_axes(body))
         check_grid_fits(grid, body.padding, (dataset.height, dataset.width), (spec["height"], spec["width"]))
     except GridError as exc:
-        raise Unprocessable(str(exc), errors=[{"field": "shifts", "message": str(exc)}]) from None
+        raise Unprocessable(str(exc), errors=[{"field": _grid_field(str(exc)), "message": str(exc)}]) from None
+    if grid.axes and (body.layers or model.task == "segmentation"):
+        raise Unprocessable(
+            "angle, scale and brightness sweeps are for classifiers without a layer profile; a layer profile "
+            "or a segmentation sweep takes shifts only",
+            errors=[{"field": grid.axes[0].name, "message": "not available with layers or segmentation"}],
+        )
     if model.num_outputs is not None and dataset.max_label >= model.num_outputs:
         raise Unprocessable(
             f"the dataset has labels up to {dataset.max_label} but the model returns only "
@@ -79,12 +86,27 @@ def _check_runtime_options(body: EvaluationCreate, model: Model) -> None:
         raise Unprocessable("early_exit measures a classifier's worst case only; it cannot be combined with "
                             "layers or used on a segmentation model",
                             errors=[{"field": "early_exit", "message": "classification without layers only"}])
+    if body.early_exit and any(getattr(body, name) is not None for name in AXES):
+        raise Unprocessable("early_exit gates on translations only; drop angle, scale and brightness, or "
+                            "early_exit to measure them",
+                            errors=[{"field": "early_exit", "message": "translation sweeps only"}])
+
+
+def _axes(body: EvaluationCreate) -> dict[str, Any]:
+    """The request's grid axes as plain data; the axes not named are left out."""
+    named = {name: getattr(body, name) for name in ("shifts", *AXES)}
+    return {name: axis.model_dump() for name, axis in named.items() if axis is not None}
+
+
+def _grid_field(message: str) -> str:
+    """The request field a grid error is about, from the start of its message."""
+    return next((name for name in (*AXES, "padding") if message.startswith(name)), "shifts")
 
 
 def _stored_request(body: EvaluationCreate, dataset: Dataset) -> dict[str, Any]:
-    request = body.model_dump(exclude={"layers", "webhook_url"})
+    request = body.model_dump(exclude={"layers", "webhook_url", "shifts", *AXES})
     request["dataset_id"] = dataset.id
-    request["shifts"] = body.shifts.model_dump()
+    request.update(_axes(body))
     if body.layers:
         request["layers"] = body.layers
     return request
@@ -262,11 +284,35 @@ def shift_page(session: Session, tenant_id: str, evaluation_id: str, limit: int 
     rows, next_cursor = paginate_by_key(
         session, select(ShiftResult).where(ShiftResult.evaluation_id == evaluation_id),
         ShiftResult.position, limit, cursor)
-    return [
-        {"dx": plain(r.dx), "dy": plain(r.dy), "accuracy": r.correct / r.n,
-         "agreement": r.agreed / r.n, "correct": r.correct, "n": r.n}
-        for r in rows
-    ], next_cursor
+    return [_shift_row(r) for r in rows], next_cursor
+
+
+def _shift_row(r: ShiftResult) -> dict[str, Any]:
+    """A stored row as the API shows it; angle, scale and brightness only for sweeps that have them."""
+    row: dict[str, Any] = {"dx": plain(r.dx), "dy": plain(r.dy)}
+    if r.angle is not None:
+        row.update(angle=plain(r.angle), scale=plain(r.scale), brightness=plain(r.brightness))
+    row.update(accuracy=r.correct / r.n, agreement=r.agreed / r.n, correct=r.correct, n=r.n)
+    return row
+
+
+def marginal_page(session: Session, tenant_id: str, evaluation_id: str, limit: int | None,
+                  cursor: str | None) -> Page:
+    """Accuracy and agreement against each axis the request named, `limit` rows from `cursor` on."""
+    evaluation = _succeeded(session, tenant_id, evaluation_id)
+    if is_segmentation(evaluation):
+        raise Conflict("marginals are for classification sweeps; a segmentation sweep reports per-shift rows")
+    stored = session.execute(
+        select(ShiftResult).where(ShiftResult.evaluation_id == evaluation_id).order_by(ShiftResult.position)
+    ).scalars()
+    rows = [{"dx": r.dx, "dy": r.dy, "angle": r.angle, "scale": r.scale, "brightness": r.brightness,
+             "correct": r.correct, "agreed": r.agreed, "n": r.n} for r in stored]
+    rows = [{key: value for key, value in row.items() if value is not None} for row in rows]
+    items = [{**m, "value": plain(m["value"])}
+             for m in marginal_rows(rows, build_sweep_grid(evaluation.request).named_axes)]
+    numbered = list(enumerate(items))
+    page, next_cursor = page_of(numbered, lambda item: item[0], limit, cursor)
+    return [item for _, item in page], next_cursor
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from api.http.responses import LeaderboardEntry
 from api.http.schemas import LeaderboardQuery
 from api.http.serializers import iso, shaped
 from api.services.datasets import get_dataset
-from api.services.sweeps import SWEEP_FIELDS
+from api.services.sweeps import SWEEP_FIELDS, TRANSFORM_FIELDS
 from db.models import Evaluation, Model
 
 # flip_rate counts changes, so fewer is better; every other summary metric is a rate of success.
@@ -63,7 +63,8 @@ def build_leaderboard(finished: list[Finished], metric: str) -> list[dict[str, A
         newest = next(iter(by_model.values()))
         sweeps.append({
             "sweep_key": sweep_key,
-            "sweep": {name: newest.request.get(name) for name in SWEEP_FIELDS},
+            "sweep": {name: newest.request.get(name) for name in SWEEP_FIELDS}
+            | {name: newest.request[name] for name in TRANSFORM_FIELDS if newest.request.get(name) is not None},
             "num_samples": newest.summary.get("num_samples"),
             "num_shifts": newest.summary.get("num_shifts"),
             "latest_finished_at": iso(newest.finished_at),

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
+from api.services.curves import curves_png
 from api.http.errors import Conflict, NotFound, Unprocessable
 from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
 from api.http.settings import current_settings
 from api.services import drawing
 from api.services.datasets import get_dataset
-from api.services.evaluations import get_evaluation, shift_results
+from api.services.evaluations import get_evaluation, marginal_page, shift_results
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
-from core.grid import GridError, build_grid, check_grid_fits
+from core.grid import IDENTITY_VALUES, GridError, build_grid, check_grid_fits
 from core.views import shifted_view, to_uint8
 
 
@@ -29,7 +31,8 @@ def _sweep_line(evaluation: Evaluation) -> str:
     summary = evaluation.summary or {}
     request = evaluation.request
     parts = [f"padding {request.get('padding')}", f"{summary.get('num_samples')} samples",
-             f"{summary.get('num_shifts')} shifts"]
+             f"{summary.get('num_shifts')} transforms" if any(request.get(a) for a in ("angle", "scale", "brightness"))
+             else f"{summary.get('num_shifts')} shifts"]
     if summary.get("mean_accuracy") is not None:
         parts.append(f"mean accuracy {summary['mean_accuracy'] * 100:.1f}%")
     if summary.get("consistency") is not None:
@@ -38,7 +41,7 @@ def _sweep_line(evaluation: Evaluation) -> str:
 
 
 def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: HeatmapQuery) -> bytes:
-    """The evaluation's accuracy (or agreement, or both) over its grid as a PNG."""
+    """The evaluation's accuracy (or agreement, or both) over two of its axes as a PNG."""
     rows = shift_results(session, tenant_id, evaluation_id)
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
     if evaluation.request.get("early_exit"):
@@ -46,8 +49,41 @@ def heatmap(session: Session, tenant_id: str, evaluation_id: str, query: Heatmap
                             "accuracy to draw; run it without early_exit for a heatmap")
     model, dataset = _names(session, evaluation)
     metrics = ["accuracy", "agreement"] if query.metric == "both" else [query.metric]
-    return drawing.heatmap_png(rows, metrics, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation),
-                                full_scale=query.scale == "full")
+    fixed = {axis: getattr(query, f"at_{axis}") for axis in ("angle", "scale", "brightness")}
+    projected = project(rows, (query.x, query.y), {a: v for a, v in fixed.items() if v is not None})
+    if not projected:
+        raise Unprocessable("no row of this sweep has the values asked for with at_angle, at_scale or at_brightness")
+    subtitle = " · ".join([_sweep_line(evaluation)] + [f"{a} {v:g}" for a, v in fixed.items() if v is not None])
+    return drawing.heatmap_png(projected, metrics, title=f"{model} on {dataset}", subtitle=subtitle,
+                               full_scale=query.scale == "full", axes=(query.x, query.y))
+
+
+def project(rows: list[dict[str, Any]], axes: tuple[str, str], fixed: dict[str, float]) -> list[dict[str, Any]]:
+    """Rows with the `fixed` values, pooled by their values on `axes` (as `dx`, `dy` keys for the heatmap).
+
+    A pooled cell is the mean of its rows' accuracy and agreement (every row of a sweep has the
+    same n, so this is the accuracy over all its image-transform pairs); a cell of one row keeps
+    that row's values exactly.
+    """
+    pooled: dict[tuple[float, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if all(abs(float(row.get(a, IDENTITY_VALUES[a])) - v) <= 1e-9 for a, v in fixed.items()):
+            pooled.setdefault(tuple(float(row.get(a, IDENTITY_VALUES[a])) for a in axes), []).append(row)
+    return [{"dx": x, "dy": y, **{m: _mean([r.get(m) for r in group]) for m in ("accuracy", "agreement")}}
+            for (x, y), group in pooled.items()]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def curves(session: Session, tenant_id: str, evaluation_id: str) -> bytes:
+    """Accuracy and agreement against each axis the evaluation named, as a PNG."""
+    rows, _ = marginal_page(session, tenant_id, evaluation_id, None, None)
+    evaluation = get_evaluation(session, tenant_id, evaluation_id)
+    model, dataset = _names(session, evaluation)
+    return curves_png(rows, title=f"{model} on {dataset}", subtitle=_sweep_line(evaluation))
 
 
 def comparison(session: Session, tenant_id: str, evaluation_id: str, query: CompareQuery) -> bytes:

@@ -11,6 +11,9 @@ from core.grid import Grid
 # Besides the dataset, a sweep is these fields of the request; the grid counts as swept, so a
 # range and the list of the same shifts are one sweep.
 SWEEP_FIELDS = ("shifts", "padding", "fill", "max_samples", "seed")
+# The other axes of the grid. They enter the key through the grid (every transform, in order);
+# the leaderboard shows them only when a sweep names them, so a translation sweep reads as it did.
+TRANSFORM_FIELDS = ("angle", "scale", "brightness")
 
 
 def digest(data: Any) -> str:
@@ -18,7 +21,7 @@ def digest(data: Any) -> str:
 
 
 def sweep_key(dataset_id: str, grid: Grid, request: dict[str, Any]) -> str:
-    """The sweep's identity as a hex digest: the dataset, the grid and the rest of SWEEP_FIELDS."""
+    """The sweep's identity as a hex digest: the dataset, the grid (every axis) and the rest of SWEEP_FIELDS."""
     rest = {name: request.get(name) for name in SWEEP_FIELDS if name != "shifts"}
     # A worst-case gate measures fewer metrics: never ranked beside full sweeps. Named only when
     # set, so a full sweep keeps the key it had before gates existed.

@@ -114,8 +114,7 @@ async function evaluationPage() {
     document.getElementById("evaluation-title").textContent = `${model} on ${dataset}`;
     document.title = `${model} on ${dataset} · ShiftScore`;
     document.getElementById("evaluation-status").replaceChildren(statusBadge(e.status));
-    const shifts = e.request.shifts.list ? `${e.request.shifts.list.length} listed shifts`
-      : `dx ${e.request.shifts.dx.join("…")}, dy ${e.request.shifts.dy.join("…")}, step ${e.request.shifts.step}`;
+    const shifts = describeSweep(e.request);
     document.getElementById("evaluation-meta").textContent =
       `${short(e.id)} · ${shifts} · padding ${e.request.padding} · created ${when(e.created_at)}` +
       (e.finished_at ? ` · finished ${when(e.finished_at)}` : "");
@@ -143,6 +142,33 @@ async function evaluationPage() {
   poll(refresh);
 }
 
+// The grid a request names: its shifts, then any angle, scale and brightness axes.
+function describeSweep(sweep) {
+  const g = sweep.shifts;
+  const parts = g ? [g.list ? `${g.list.length} listed shifts` : `dx ${g.dx.join("…")}, dy ${g.dy.join("…")}, step ${g.step}`] : [];
+  for (const axis of TRANSFORM_AXES) {
+    const a = sweep[axis];
+    if (a) parts.push(a.list ? `${axis} ${a.list.join(", ")}` : `${axis} ${a.range.join("…")} step ${a.step}`);
+  }
+  return parts.join(" × ");
+}
+
+const TRANSFORM_AXES = ["angle", "scale", "brightness"];
+
+// The heatmap's axis pickers: every axis the sweep names (dx and dy for shifts); shown for sweeps beyond shifts.
+function heatmapAxes(request) {
+  const named = [...(request.shifts ? ["dx", "dy"] : []), ...TRANSFORM_AXES.filter((axis) => request[axis])];
+  const choices = named.length >= 2 ? named : [...named, ...["dx", "dy"].filter((axis) => !named.includes(axis))];
+  const x = document.getElementById("heatmap-x"), y = document.getElementById("heatmap-y");
+  for (const select of [x, y]) select.replaceChildren(...choices.map((axis) => el("option", { value: axis, text: axis })));
+  // Translation sweeps keep dx × dy; otherwise the first other axis across, the next one down.
+  const across = named.find((axis) => TRANSFORM_AXES.includes(axis)) || "dx";
+  x.value = across;
+  y.value = choices.find((axis) => axis !== across && (across === "dx" ? axis === "dy" : true)) || "dy";
+  document.getElementById("heatmap-axes").hidden = !TRANSFORM_AXES.some((axis) => request[axis]);
+  return { x, y };
+}
+
 async function showResults(e, models) {
   document.getElementById("results").hidden = false;
   const s = e.summary;
@@ -157,15 +183,23 @@ async function showResults(e, models) {
 
   const heatmap = document.getElementById("heatmap");
   const buttons = document.querySelectorAll("#heatmap-metric button");
+  const axes = heatmapAxes(e.request);
+  let metric = "accuracy";
+  const heatmapUrl = () => `/v1/evaluations/${e.id}/heatmap.png?metric=${metric}&x=${axes.x.value}&y=${axes.y.value}`;
   for (const button of buttons) {
     button.addEventListener("click", () => {
       buttons.forEach((b) => b.classList.toggle("active", b === button));
-      showImage(heatmap, `/v1/evaluations/${e.id}/heatmap.png?metric=${button.dataset.metric}`).catch(fail);
+      metric = button.dataset.metric;
+      showImage(heatmap, heatmapUrl()).catch(fail);
     });
   }
+  for (const select of [axes.x, axes.y]) select.addEventListener("change", () => showImage(heatmap, heatmapUrl()).catch(fail));
+  const transformed = TRANSFORM_AXES.some((axis) => e.request[axis]);
+  document.getElementById("curves-card").hidden = !transformed;
   const [classes, dataset] = await Promise.all([
     api(`/v1/evaluations/${e.id}/classes`), api(`/v1/datasets/${e.dataset_id}`),
-    showImage(heatmap, `/v1/evaluations/${e.id}/heatmap.png?metric=accuracy`),
+    showImage(heatmap, heatmapUrl()),
+    transformed ? showImage(document.getElementById("curves"), `/v1/evaluations/${e.id}/curves.png`) : null,
   ]);
   document.querySelector("#classes tbody").replaceChildren(...classes.items.map((c) =>
     el("tr", {}, el("td", { text: c.label }), el("td", { class: "num", text: c.n }),
@@ -213,7 +247,7 @@ async function compareChoices(e, models) {
   const body = await api(`/v1/evaluations?status=succeeded&dataset_id=${encodeURIComponent(e.dataset_id)}&limit=100`);
   const others = body.items.filter((o) => o.id !== e.id);
   const select = document.getElementById("compare-with");
-  const sameSweep = (o) => JSON.stringify(o.request.shifts) === JSON.stringify(e.request.shifts)
+  const sameSweep = (o) => describeSweep(o.request) === describeSweep(e.request)
     && o.request.padding === e.request.padding && o.request.max_samples === e.request.max_samples;
   others.sort((a, b) => Number(sameSweep(b)) - Number(sameSweep(a)));
   select.append(...others.map((o) => el("option", { value: o.id,
@@ -258,8 +292,7 @@ async function leaderboardPage() {
 }
 
 function sweepTable(board, sweep) {
-  const g = sweep.sweep.shifts;
-  const grid = g.list ? `${g.list.length} listed shifts` : `dx ${g.dx.join("…")}, dy ${g.dy.join("…")}, step ${g.step}`;
+  const grid = describeSweep(sweep.sweep);
   const samples = sweep.sweep.max_samples ? `${sweep.num_samples} samples (seed ${sweep.sweep.seed})` : `all ${sweep.num_samples} samples`;
   const metricName = board.metric.replaceAll("_", " ");
   // Clean accuracy first beside the ranked metric: a high consistency means little without it.

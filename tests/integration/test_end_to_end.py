@@ -161,7 +161,8 @@ def test_bad_requests_get_problem_details(pg_stack, alice, digits_model, tmp_pat
     problem({**base, "shifts": {"dx": [-8, 8], "dy": [0, 0]}}, 422, "|dx| < 8")
     problem({**base, "padding": "sideways"}, 400, "padding")
     problem({**base, "fill": 2}, 400, "fill")
-    problem({k: v for k, v in base.items() if k != "shifts"}, 400, "shifts")
+    # Naming no axis at all (shifts, angle, scale, brightness) is a rule, not a shape: 422.
+    problem({k: v for k, v in base.items() if k != "shifts"}, 422, "name at least one axis")
     response = alice.post("/v1/evaluations", data="not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
 

@@ -84,7 +84,10 @@ def test_request_schemas_are_the_validating_classes(document):
     generated = EvaluationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     assert schemas["EvaluationCreate"]["properties"] == generated["properties"]
     assert schemas["EvaluationCreate"]["required"] == generated["required"]
-    assert {"$ref": "#/components/schemas/RangeShifts"} in schemas["EvaluationCreate"]["properties"]["shifts"]["oneOf"]
+    # shifts is optional (another axis may stand alone): a range or a list, or null.
+    shifts = schemas["EvaluationCreate"]["properties"]["shifts"]["anyOf"]
+    assert {"type": "null"} in shifts
+    assert {"$ref": "#/components/schemas/RangeShifts"} in next(s["oneOf"] for s in shifts if "oneOf" in s)
     query = {p["name"]: p for p in document["paths"]["/v1/evaluations"]["get"]["parameters"]}
     assert set(query) == set(EvaluationFilter.model_fields)
     assert query["limit"]["schema"]["maximum"] == EvaluationFilter.model_fields["limit"].metadata[1].le

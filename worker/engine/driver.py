@@ -12,6 +12,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,8 +21,10 @@ import torch
 from core.sweep import per_channel
 from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.shifting import Canvas, canvas_margin, make_canvas, normalize, normalized_canvas, to_float
+from worker.engine.transforms import Sampler, apply_map, brighten, with_fill_slot
 
-Shift = tuple[float, float]
+# A shift (dx, dy), or a whole transform (dx, dy, angle, scale, brightness).
+Shift = tuple[float, ...]
 REFERENCE: Shift = (0.0, 0.0)
 
 
@@ -35,22 +38,43 @@ class ChunkViews:
     normalized: Canvas
     mean: torch.Tensor
     std: torch.Tensor
+    sampler: Sampler | None = None  # for rotations and scales; None when the grid has none
+    fill: float = 0.0
 
     @property
     def stop(self) -> int:
         return self.begin + len(self.rows)
 
     def batch(self, shifts: Sequence[Shift], rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's input for these shifts of the chunk (or of its `rows`), one contiguous N×C×H×W tensor."""
-        views = [
-            self.normalized.integer_view(int(dx), int(dy)) if _integral(dx, dy)
-            else normalize(self.raw.view(dx, dy), self.mean, self.std)
-            for dx, dy in shifts
-        ]
+        """The model's input for these shifts (or transforms) of the chunk (or of its `rows`), one contiguous N×C×H×W tensor."""
+        views = [self.view(*shift) for shift in shifts]
         if rows is not None:
             views = [view.index_select(0, rows) for view in views]
         # The one copy per image: the views are strided windows into the canvas.
         return views[0].contiguous() if len(views) == 1 else torch.cat(views)
+
+    def view(self, dx: float, dy: float, angle: float = 0.0, scale: float = 1.0,
+             brightness: float = 0.0) -> torch.Tensor:
+        """The normalized chunk under one transform; pure integer shifts are slices of the canvas."""
+        if angle == 0 and scale == 1:
+            if brightness == 0 and _integral(dx, dy):
+                return self.normalized.integer_view(int(dx), int(dy))
+            moved = self.raw.view(dx, dy)
+        else:
+            assert self.sampler is not None
+            moved = apply_map(self.source, self.sampler.map(dx, dy, angle, scale), self.shape)
+        return normalize(brighten(moved, brightness), self.mean, self.std)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """B, C, H, W of the chunk's views."""
+        batch, channels = self.raw.pixels.shape[:2]
+        return batch, channels, self.raw.height, self.raw.width
+
+    @cached_property
+    def source(self) -> torch.Tensor:
+        """The unshifted chunk in float64 with its fill slot, what sampling maps read."""
+        return with_fill_slot(self.raw.integer_view(0, 0), self.fill)
 
     def part(self, output: torch.Tensor, position: int) -> torch.Tensor:
         """The rows of a batch's output that belong to its `position`-th shift."""
@@ -92,7 +116,7 @@ def shift_batches(plan: SweepPlan, per_batch: int, reference_alone: bool) -> lis
     if reference_alone:
         others = [shift for shift in plan.grid.shifts if shift != REFERENCE]
         return [[REFERENCE], *_groups(others, per_batch)]
-    return _groups(plan.grid.evaluated_shifts, per_batch)
+    return _groups(plan.grid.evaluated_transforms, per_batch)
 
 
 def _groups(shifts: Sequence[Shift], size: int) -> list[list[Shift]]:
@@ -113,13 +137,15 @@ def chunked_views(
     mean = channel_tensor(plan.mean, channels, device)
     std = channel_tensor(plan.std, channels, device)
     margin = canvas_margin(plan.grid.max_abs)
+    geometric = any(angle != 0 or scale != 1 for _, _, angle, scale, _ in plan.grid.transforms)
+    sampler = Sampler(plan.input_hw, plan.padding, device) if geometric else None
 
     def lay(begin: int) -> ChunkViews:
         rows = indices[begin : begin + chunk]
         # inference_mode is per thread, and this may run on the prefetch thread.
         with torch.inference_mode():
             raw = make_canvas(to_float(images[rows], device), plan.padding, plan.fill, margin, plan.input_hw)
-            return ChunkViews(begin, rows, raw, normalized_canvas(raw, mean, std), mean, std)
+            return ChunkViews(begin, rows, raw, normalized_canvas(raw, mean, std), mean, std, sampler, plan.fill)
 
     begins = list(range(start, len(indices), chunk))
     if not prefetch or len(begins) < 2:

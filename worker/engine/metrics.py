@@ -38,11 +38,11 @@ def worst_case_summary(tally: Tally, grid: Grid) -> dict[str, Any]:
 
 
 def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
-    """One row per grid shift, in grid order (dy, then dx)."""
+    """One row per transform, in grid order; angle, scale and brightness when the grid has other axes."""
     rows = []
-    for i, (dx, dy) in enumerate(grid.shifts):
+    for i, (dx, dy, angle, scale, brightness) in enumerate(grid.transforms):
         correct, agree = int(tally.shift_correct[i]), int(tally.shift_agree[i])
-        rows.append({
+        row = {
             "dx": dx,
             "dy": dy,
             "n": tally.n,
@@ -50,7 +50,10 @@ def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
             "agreed": agree,
             "accuracy": correct / tally.n,
             "agreement": agree / tally.n,
-        })
+        }
+        if grid.axes:
+            row.update(angle=angle, scale=scale, brightness=brightness)
+        rows.append(row)
     return rows
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from worker.engine.driver import ChunkViews, Shift, drive
+from core.grid import IDENTITY
 from worker.engine.plan import SweepError, SweepPlan
 from worker.engine.tally import Tally
 
@@ -47,8 +48,8 @@ class Predictions:
 
     def __init__(self, plan: SweepPlan, labels: np.ndarray, indices: np.ndarray, tally: Tally | None) -> None:
         self.grid = plan.grid
-        self.shifts = plan.grid.evaluated_shifts
-        self.reference = self.shifts.index((0.0, 0.0))
+        self.shifts = plan.grid.evaluated_transforms
+        self.reference = self.shifts.index(IDENTITY)
         self.labels = labels
         self.num_labels = int(labels[indices].max()) + 1 if len(indices) else 0
         self.pairs = np.asarray(self.grid.neighbour_pairs(), dtype=np.int64).reshape(-1, 2)

@@ -99,9 +99,10 @@ class Tally:
         # Only the chunk's own top MAX_EXAMPLES can reach the overall top list.
         order = np.lexsort((indices[candidates], -flips[candidates]))[:MAX_EXAMPLES]
         for row in candidates[order]:
-            # The least confident shift; np.argmin takes the first of equal minima, in grid order.
+            # The least confident transform; np.argmin takes the first of equal minima, in grid order.
+            # worst_shift reports its translation only (docs/transforms.md).
             worst = int(np.argmin(true_logprob[row]))
-            dx, dy = grid.shifts[worst]
+            dx, dy = grid.transforms[worst][:2]
             self.examples.append({
                 "index": int(indices[row]),
                 "label": int(labels[row]),

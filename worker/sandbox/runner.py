@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.grid import build_grid
+from core.grid import build_sweep_grid
 from worker.engine.device import pick_device
 from worker.engine.early_exit import run_worst_case
 from worker.engine.layers import LAYERS, run_layer_profile
@@ -31,7 +31,7 @@ Send = Callable[..., None]
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
     """The engine's plan for a stored evaluation request and the model's declared input."""
     return SweepPlan(
-        grid=build_grid(request["shifts"]),
+        grid=build_sweep_grid(request),
         padding=request["padding"],
         fill=float(request["fill"]),
         mean=tuple(input_spec["mean"]),
