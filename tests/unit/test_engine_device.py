@@ -18,7 +18,7 @@ from tests.reference import reference_sweep
 from tests.unit.test_shift_exactness import Float64Net
 from worker.engine.device import pick_device
 from worker.engine.early_exit import run_worst_case
-from core.grid import build_grid
+from core.grid import build_grid, build_sweep_grid
 from worker.engine.metrics import shift_rows, summary
 from worker.engine.plan import SweepPlan
 from worker.engine.sweep import run_sweep
@@ -90,3 +90,20 @@ def test_worst_case_gate_on_device_equals_full_sweep(data):
     full = run_sweep(model, images, labels, np.arange(COUNT), plan, batch_size=32, device=DEVICE)
     gated = run_worst_case(model, images, labels, np.arange(COUNT), plan, batch_size=32, device=DEVICE)
     assert (gated.n, gated.clean_correct, gated.worst_correct) == (full.n, full.clean_correct, full.worst_correct)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "circular", "reflect", "edge"])
+def test_transform_sweep_on_device_equals_the_cpu_sweep(data, mode):
+    # Rotation, scale and brightness go through precomputed sampling maps applied on the device.
+    images, labels = data
+    grid = build_sweep_grid({"shifts": {"dx": [-1, 1], "dy": [0, 0], "step": 1},
+                             "angle": {"list": [-30, 0, 45, 90]}, "scale": {"list": [0.8, 1.0, 1.25]},
+                             "brightness": {"list": [0.7, 1.0]}})
+    plan = SweepPlan(grid, mode, 0.25, (0.1,), (0.5,), (8, 8))
+    on_device = run_sweep(Float64Net().to(DEVICE), images, labels, np.arange(COUNT), plan, batch_size=64,
+                          device=DEVICE)
+    on_cpu = run_sweep(Float64Net(), images, labels, np.arange(COUNT), plan, batch_size=64, device="cpu")
+    got, want = summary(on_device, grid), summary(on_cpu, grid)
+    for key in KEYS:
+        assert got[key] == pytest.approx(want[key], abs=1e-12) if want[key] is not None else got[key] is None, key
+    assert shift_rows(on_device, grid) == shift_rows(on_cpu, grid)
