@@ -82,6 +82,12 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", default="classification", choices=["classification", "segmentation"])
     parser.add_argument("--architecture", help="built-in architecture, for --format state_dict")
     parser.add_argument("--architecture-options", help="the architecture's options as JSON")
+    _add_sweep_arguments(parser)
+    _add_gate_and_output_arguments(parser)
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to sweep: the dataset, the grid of transforms, padding and samples."""
     parser.add_argument("--dataset", default="digits", help="dataset id or name")
     parser.add_argument("--dataset-file", help="upload this NPZ (images, labels) and evaluate on it")
     parser.add_argument("--dataset-name", help="name of the --dataset-file upload (default: the file's name without "
@@ -102,6 +108,10 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-samples", type=int, help="evaluate a seeded random subset of this many samples")
     parser.add_argument("--seed", type=int, help="seed of the subset (default 0)")
     parser.add_argument("--tag", action="append", dest="tags", help="tag the evaluation (repeatable)")
+
+
+def _add_gate_and_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Thresholds, baselines, how the run executes, and where its results go."""
     for metric, dest, flag in GATES:
         parser.add_argument(flag, dest=dest, type=float, metavar="X", help=f"exit 1 if {metric} < X")
     parser.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
