@@ -34,7 +34,11 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class Slowed(nn.Module):
-    """The same predictions as `base`, at `1 + repeats` times its cost (adding 0 × logits changes nothing)."""
+    """The same predictions as `base`, at `1 + repeats` times its cost (adding 0 × logits changes nothing).
+
+    Each repeat sees a different input, so no runtime can merge the repeats into one (ONNX
+    Runtime's common-subexpression elimination did, when they were the same call on `x`).
+    """
 
     def __init__(self, base: nn.Module, repeats: int) -> None:
         super().__init__()
@@ -43,8 +47,8 @@ class Slowed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        for _ in range(self.repeats):
-            out = out + 0.0 * self.base(x)
+        for i in range(self.repeats):
+            out = out + 0.0 * self.base(x + float(i + 1))
         return out
 
 
