@@ -65,7 +65,8 @@ def example_view(evaluation_id: str, index: int):
 
 @bp.get("/datasets/<dataset_id>/samples/<int:index>.png")
 @operation("One image of a dataset as a PNG", query=SampleQuery, tag="datasets",
-           responses={200: Reply("the image", media_type="image/png")})
+           responses={200: Reply("the image", media_type="image/png"),
+                      409: "the dataset is still processing, or invalid: it has no images"})
 def sample(dataset_id: str, index: int):
     query = parse(SampleQuery, request.args.to_dict(), "query")
     with session_scope() as session:
