@@ -565,7 +565,7 @@ def test_bad_outputs_fail_with_a_message(alice, tmp_path: Path) -> None:
 
     rows = alice.wait_model(alice.upload_model(save_torchscript(TwoRowsOnly().eval(), tmp_path / "two.pt"),
                                                DIGITS_INPUT)["id"])
-    assert rows["status"] == "ready", rows
-    done = evaluate(alice, rows["id"], "digits", max_samples=50)
-    assert done["status"] == "failed", done
-    assert "returned 2 rows of logits" in done["error"]["detail"], done
+    # Validation now runs a batch of 32 rows (the runtime check), so a model that always answers
+    # with 2 rows is refused there, before any sweep, and says what it returned.
+    assert rows["status"] == "invalid", rows
+    assert "returned 2 rows of logits for a batch of 32 images" in rows["error"], rows["error"]

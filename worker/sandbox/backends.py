@@ -216,6 +216,9 @@ def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device,
     built = candidates(fmt, model, batch, device)
     with torch.inference_mode():
         expected = built[reference](batch)
+    if expected.shape[0] != batch.shape[0]:
+        raise RuntimeError(f"the model returned {expected.shape[0]} rows of logits for a batch of {batch.shape[0]} "
+                           "images; it must return one row per image")
     report: dict[str, Any] = {}
     kept: dict[str, Forward] = {}
     for name, forward in built.items():
@@ -234,6 +237,9 @@ def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device,
                 report[name].update(kept=False, reason=str(exc))
                 continue
             kept[name] = forward
+    if reference not in kept:
+        raise RuntimeError(f"the model's own runtime did not reproduce its predictions on the validation batch: "
+                           f"{report[reference].get('reason', 'its outputs disagree')}")
     best = min(kept, key=lambda name: report[name]["seconds_per_image"])
     record = {
         "backend": best, "reference": reference, "batch_size": report[best]["batch_size"],
