@@ -109,8 +109,9 @@ def test_a_killed_worker_is_replaced_within_30_s_at_the_defaults(stack, tenant_a
     # 91x the model's cost: 2 chunks of 38,250 images, one per worker, each well past
     # SHIFTSCORE_STALE_AFTER, so a live worker keeps its chunk only through its heartbeats.
     very_slow = upload(tenant_a, Slowed(trained, 90), tmp_path / "very_slow.pt")
+    # Eager torch: ONNX Runtime would run it fast enough to finish before the kill.
     body = {"model_id": very_slow["id"], "dataset_id": "digits", "shifts": {"dx": [-4, 4], "dy": [-2, 2]},
-            "max_samples": 1700}
+            "max_samples": 1700, "backend": "torch"}
     evaluation_id = submit(tenant_a, body)["id"]
     both = wait_for(lambda: (rows := [r for r in chunks(stack, evaluation_id) if r[1] == "running" and r[4] > 0])
                     and len(rows) == 2 and rows, timeout=90)
@@ -197,7 +198,8 @@ def test_blobs_of_deleted_models_and_datasets_are_reclaimed(stack, tenant_a, ten
     # A sweep that still runs keeps its deleted model's blob.
     very_slow = upload(tenant_a, Slowed(trained, 60), tmp_path / "very_slow.pt")
     running = submit(tenant_a, {"model_id": very_slow["id"], "dataset_id": "digits",
-                                "shifts": {"dx": [-2, 2], "dy": [-1, 1]}, "max_samples": 600})["id"]
+                                "shifts": {"dx": [-2, 2], "dy": [-1, 1]}, "max_samples": 600,
+                                "backend": "torch"})["id"]  # eager: ONNX Runtime could finish before the deletes
     wait_for(lambda: tenant_a.get(f"/v1/evaluations/{running}").json()["progress"]["done"] > 0, timeout=60)
 
     for path in (f"/v1/models/{mine['id']}", f"/v1/datasets/{dataset['id']}", f"/v1/models/{very_slow['id']}"):
