@@ -18,6 +18,7 @@ BENCHMARKS = {
     "batch_size": "forward throughput per batch size (how the default 256 was chosen)",
     "sandbox": "end to end with models caged vs SHIFTSCORE_SANDBOX=off",
     "runtimes": "default settings end to end vs eager TorchScript at default threads; early_exit vs full",
+    "backends": "the runtime validation keeps for each registry architecture, and why others are refused",
     "cores": "one sweep on threads vs chunk-parallel processes (the default use of the cores)",
     "big_uploads": "a 1.3 GB NPZ and one 10× smaller: API and worker peak RSS, upload vs cp, sweeps",
     "transforms": "rotation and translation×rotation sweeps vs the forward passes; the Engstrom grid",

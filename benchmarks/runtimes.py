@@ -6,7 +6,8 @@ default threads), against the same images through the eager TorchScript model in
 this process at torch's default thread count, timed around the model calls. The
 per-shift counts of both must be identical. Then the worst-case gate: `early_exit`
 against the full sweep, engine only, on a fragile model (the example digits CNN)
-over digits ±3.
+over digits ±3. Last, ONNX Runtime's idle-thread spinning on vs off, through the
+engine on every core: the setting behind `onnx_session`'s choice.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import MNIST_MEAN, MNIST_STD, cifar_sized, lenet, load_average, mnist, plan_for, \
-    resnet_cifar, table
+from benchmarks.common import MNIST_MEAN, MNIST_STD, cifar_sized, cpu, interleaved, lenet, load_average, mnist, \
+    plan_for, resnet_cifar, spread, table, timed, wall
 from benchmarks.end_to_end import CIFAR_MEAN, CIFAR_STD, case, forward_only
 from benchmarks.stack import real_stack
 from worker.engine.sweep import run_sweep
@@ -76,6 +77,42 @@ def early_exit_row() -> list:
             "yes" if same else "NO"]
 
 
+def spinning_rows(quick: bool) -> list[list]:
+    """Engine sweeps on ONNX Runtime at all cores, its worker threads spinning while idle vs sleeping."""
+    import onnxruntime
+
+    from worker.model_loading import OnnxModel
+    from worker.sandbox import backends
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    images, labels = mnist(300 if quick else 2000)
+    plan = plan_for((28, 28), 4, MNIST_MEAN, MNIST_STD)
+    spec = {"channels": 1, "height": 28, "width": 28, "mean": list(MNIST_MEAN), "std": list(MNIST_STD)}
+    data = backends.onnx_bytes(lenet(), backends.validation_batch(spec, torch.device("cpu")))
+    forwards = {}
+    for spinning in ("1", "0"):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        session = onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        forwards[f"spinning {'on' if spinning == '1' else 'off'}"] = OnnxModel(session, None)
+    rows_of = np.arange(len(labels))
+    counts: dict[str, list[int]] = {}
+
+    def sweep(name: str):
+        def run():
+            counts[name] = run_sweep(forwards[name], images, labels, rows_of, plan, batch_size=256).shift_correct.tolist()
+        return lambda: timed(run)
+
+    times = interleaved({name: sweep(name) for name in forwards}, 2 if quick else 3)
+    same = "yes" if counts["spinning on"] == counts["spinning off"] else "NO"
+    base = times["spinning on"]
+    return [[f"ONNX Runtime {name}, LeNet, {threads} threads", f"{len(labels)}×{plan.grid.images_per_sample}",
+             "engine", f"spread {spread(t) * 100:.0f}%", wall(base), wall(t),
+             f"{wall(t) / wall(base):.3f} wall, {cpu(t) / cpu(base):.3f} CPU", same] for name, t in times.items()]
+
+
 def main(quick: bool = False) -> str:
     rows = []
     # Every setting at its default: empty values are dropped, so the worker reads none.
@@ -90,6 +127,7 @@ def main(quick: bool = False) -> str:
         rows.append(end_to_end(stack, session, "ResNet-18 CIFAR-size", resnet_cifar(), cifar_images,
                                cifar_labels, 4, CIFAR_MEAN, CIFAR_STD, workdir))
     rows.append(early_exit_row())
+    rows.extend(spinning_rows(quick))
     return table(
         f"Default settings, POST → succeeded ÷ eager TorchScript forward passes at {os.cpu_count()} threads "
         f"(goals: LeNet ≤ 0.5, ResNet-18 ≤ 1.0); early_exit ÷ full sweep (load {load_average()})",

@@ -95,10 +95,13 @@ def test_an_exact_export_is_kept_with_its_figures():
     assert str(record["batch_size"]) in record["candidates"][record["backend"]]["per_batch_size"]
 
 
-def test_lenet_exports_through_its_adaptive_pool():
+@pytest.mark.parametrize("script", [False, True], ids=["eager", "torchscript"])
+def test_lenet_exports_through_its_adaptive_pool(script):
     """LeNet's 7×7 → 4×4 adaptive pool has no ONNX op; the export uses fixed pooling matrices."""
     torch.manual_seed(0)
     model = architectures.build("lenet", architecture_catalog.validate_options("lenet", {}), 1).eval()
+    if script:  # an uploaded TorchScript file: its modules cannot be swapped, the exporter's op must do
+        model = torch.jit.script(model)
     spec = {"channels": 1, "height": 28, "width": 28, "mean": [0.13], "std": [0.31]}
     batch = backends.validation_batch(spec, CPU)
     exported = backends.onnx_export(model, batch, 1)
@@ -108,10 +111,11 @@ def test_lenet_exports_through_its_adaptive_pool():
     assert checked["agrees"], checked
 
 
-def test_matrix_pool_equals_adaptive_pool():
-    x = torch.randn(3, 2, 7, 9, dtype=torch.float64)
-    pool = backends._MatrixAveragePool((7, 9), (4, 5)).double()
-    torch.testing.assert_close(pool(x), nn.functional.adaptive_avg_pool2d(x, (4, 5)))
+@pytest.mark.parametrize("size, out", [((7, 9), (4, 5)), ((5, 5), (3, 3)), ((8, 6), (1, 4))])
+def test_pool_matrices_equal_adaptive_pool(size, out):
+    x = torch.randn(3, 2, *size, dtype=torch.float64)
+    rows, columns = backends._pool_matrix(size[0], out[0]).double(), backends._pool_matrix(size[1], out[1]).double()
+    torch.testing.assert_close(rows @ x @ columns.t(), nn.functional.adaptive_avg_pool2d(x, out))
 
 
 @pytest.mark.parametrize("mode", ["zeros", "circular", "reflect", "edge"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import types
-from copy import deepcopy as copy_module
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +40,7 @@ BATCH_SIZES = (16, 64, 256, 512)
 INPUT_BYTES_CAP = 64 * 1024 * 1024
 TIMING_BUDGET_S = 3.0
 NEAR_BEST = 0.05
+ONNX_OPSET = 17
 
 
 def validation_batch(spec: dict[str, Any], device: torch.device) -> torch.Tensor:
@@ -82,23 +82,6 @@ def agreement(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any
             "tolerance": tolerance, "agrees": bool(agrees), "reason": reason}
 
 
-class _MatrixAveragePool(torch.nn.Module):
-    """nn.AdaptiveAvgPool2d at one input size as two matrix products, which ONNX can express.
-
-    ONNX has no adaptive pooling: its exporter refuses an output size that does not
-    divide the input (LeNet's 7×7 → 4×4). The windows are the same; only the order of
-    the sums can differ, which the agreement check measures.
-    """
-
-    def __init__(self, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> None:
-        super().__init__()
-        self.register_buffer("rows", _pool_matrix(input_hw[0], output_hw[0]))
-        self.register_buffer("columns", _pool_matrix(input_hw[1], output_hw[1]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(self.rows, x), self.columns.t())
-
-
 def _pool_matrix(size: int, out: int) -> torch.Tensor:
     """out×size: row i averages torch's adaptive window [⌊i·size/out⌋, ⌈(i+1)·size/out⌉)."""
     matrix = torch.zeros(out, size)
@@ -108,47 +91,48 @@ def _pool_matrix(size: int, out: int) -> torch.Tensor:
     return matrix
 
 
-def _exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """A copy of an eager model whose adaptive average pools are fixed matrices at the declared input."""
-    pools = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.AdaptiveAvgPool2d]
-    if not pools or isinstance(model, torch.jit.ScriptModule):
-        return model
-    seen: dict[str, tuple[int, int]] = {}
-    hooks = [module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].shape[-2:]))
-             for name, module in pools]
+def _adaptive_average_pool(g: Any, x: Any, output_size: Any) -> Any:
+    """aten::adaptive_avg_pool2d in ONNX, at any output size, as two products with fixed matrices.
+
+    ONNX has no adaptive pooling, and torch's exporter refuses an output size that does
+    not divide the input (LeNet's 7×7 → 4×4). The input's height and width are fixed by
+    the declared input, so the windows are too: left and right products with averaging
+    matrices compute them. Only the order of the sums can differ from torch's, which
+    the agreement check measures. Sizes that divide keep the exporter's own pooling.
+    """
+    from torch.onnx import symbolic_helper, symbolic_opset9
+
+    sizes = symbolic_helper._get_tensor_sizes(x)
+    out = symbolic_helper._maybe_get_const(output_size, "is")
+    height, width = (sizes or [None, None])[-2:]
+    if not isinstance(height, int) or not isinstance(width, int) or not isinstance(out, (list, tuple)) or \
+            (height % out[0] == 0 and width % out[1] == 0):
+        return symbolic_opset9.adaptive_avg_pool2d(g, x, output_size)
+    rows = g.op("Constant", value_t=_pool_matrix(height, int(out[0])))
+    columns = g.op("Constant", value_t=_pool_matrix(width, int(out[1])).t().contiguous())
+    return g.op("MatMul", g.op("MatMul", rows, x), columns)
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """The torch model exported in memory to ONNX, with a dynamic batch."""
+    buffer = io.BytesIO()
+    torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", _adaptive_average_pool, ONNX_OPSET)
+    # The exporter switches the module to eval mode through train(False), which a torch.export
+    # program refuses; every loaded model is in eval mode already (worker.model_loading).
+    model.train = types.MethodType(lambda self, mode=True: self, model)  # type: ignore[method-assign]
     try:
-        with torch.inference_mode():
-            model(example[:1])
+        torch.onnx.export(
+            model, (example[:2].cpu(),), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
+        )
     finally:
-        for hook in hooks:
-            hook.remove()
-    copy = copy_module(model)
-    for name, module in pools:
-        if not name or name not in seen:
-            continue
-        out = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,) * 2
-        hw = tuple(int(v) for v in seen[name])
-        out = tuple(hw[i] if v is None else int(v) for i, v in enumerate(out))
-        parent, _, leaf = name.rpartition(".")
-        setattr(copy.get_submodule(parent) if parent else copy, leaf, _MatrixAveragePool(hw, out))
-    return copy
+        del model.train
+    return buffer.getvalue()
 
 
 def onnx_export(model: torch.nn.Module, example: torch.Tensor, threads: int) -> OnnxModel:
-    """The torch model as an ONNX Runtime session, exported in memory with a dynamic batch."""
-    buffer = io.BytesIO()
-    target = _exportable(model, example)
-    # The exporter switches the module to eval mode through train(False), which a torch.export
-    # program refuses; every loaded model is in eval mode already (worker.model_loading).
-    target.train = types.MethodType(lambda self, mode=True: self, target)  # type: ignore[method-assign]
-    try:
-        torch.onnx.export(
-            target, (example[:2].cpu(),), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-        )
-    finally:
-        del target.train
-    return OnnxModel(onnx_session(buffer.getvalue(), threads), None)
+    """The torch model as an ONNX Runtime session, exported in memory (never to a file)."""
+    return OnnxModel(onnx_session(onnx_bytes(model, example), threads), None)
 
 
 def candidates(fmt: str, model: Any, example: torch.Tensor, device: torch.device) -> dict[str, Any]:
