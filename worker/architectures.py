@@ -37,13 +37,29 @@ class BlurPool2d(nn.Module):
         # Reflect like the reference implementation; tiny maps (deep in a net on
         # 8x8 inputs) are smaller than the pad, where only replicate is defined.
         mode = "reflect" if max(self.pad) < min(height, width) else "replicate"
-        x = F.pad(x, self.pad, mode=mode)
         channels = x.shape[1]
+        if torch.jit.is_tracing():
+            # A trace (the ONNX export's) fixes the sizes; padding by gathering fixed indices
+            # keeps every shape known, which ONNX needs for the kernel and the layers after.
+            channels = int(channels)
+            x = x.index_select(2, _pad_indices(int(height), self.pad[2], self.pad[3], mode))
+            x = x.index_select(3, _pad_indices(int(width), self.pad[0], self.pad[1], mode))
+        else:
+            x = F.pad(x, self.pad, mode=mode)
         weight = self.kernel.to(x.dtype).expand(channels, 1, self.size, self.size)
         return F.conv2d(x, weight, stride=self.stride, groups=channels)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, stride={self.stride}"
+
+
+def _pad_indices(size: int, before: int, after: int, mode: str) -> torch.Tensor:
+    """The source index of every position of a padded axis: F.pad's reflect or replicate as a gather."""
+    positions = torch.arange(-before, size + after)
+    if mode == "reflect":
+        positions = positions.abs()
+        return torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
+    return positions.clamp(0, size - 1)
 
 
 def make_pool(kind: str, blur_size: int) -> nn.Module:

@@ -95,14 +95,22 @@ def test_an_exact_export_is_kept_with_its_figures():
     assert str(record["batch_size"]) in record["candidates"][record["backend"]]["per_batch_size"]
 
 
-@pytest.mark.parametrize("script", [False, True], ids=["eager", "torchscript"])
-def test_lenet_exports_through_its_adaptive_pool(script):
-    """LeNet's 7×7 → 4×4 adaptive pool has no ONNX op; the export uses fixed pooling matrices."""
+@pytest.mark.parametrize("pool", ["max", "blur"])
+@pytest.mark.parametrize("form", ["eager", "scripted", "traced"])
+def test_lenet_exports_through_its_pools(form, pool):
+    """LeNet's 7×7 → 4×4 adaptive pool has no ONNX op (the export uses fixed pooling matrices), and its
+    blur pool exports only where a trace fixes its sizes: eager and traced models, not scripted ones."""
     torch.manual_seed(0)
-    model = architectures.build("lenet", architecture_catalog.validate_options("lenet", {}), 1).eval()
-    if script:  # an uploaded TorchScript file: its modules cannot be swapped, the exporter's op must do
+    model = architectures.build("lenet", architecture_catalog.validate_options("lenet", {"pool": pool}), 1).eval()
+    if form == "scripted":
         model = torch.jit.script(model)
+    elif form == "traced":
+        model = torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
     spec = {"channels": 1, "height": 28, "width": 28, "mean": [0.13], "std": [0.31]}
+    if form == "scripted" and pool == "blur":
+        with pytest.raises(Exception):
+            backends.onnx_export(model, backends.validation_batch(spec, CPU), 1)
+        return
     batch = backends.validation_batch(spec, CPU)
     exported = backends.onnx_export(model, batch, 1)
     with torch.inference_mode():
@@ -175,3 +183,14 @@ def test_out_of_time_only_the_reference_is_timed():
     assert set(kept) == {"torch"} and record["backend"] == "torch"
     assert "no time left" in record["candidates"]["onnxruntime"]["reason"]
     assert list(record["candidates"]["torch"]["per_batch_size"]) == [str(backends.BATCH_SIZES[0])]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+@pytest.mark.parametrize("pad", [(1, 1), (0, 1), (1, 2), (2, 2)])
+def test_blur_pool_padding_by_gather_equals_f_pad(mode, pad):
+    """The traced blur pool pads by gathering indices; it must be F.pad's padding exactly."""
+    from worker.architectures import _pad_indices
+
+    x = torch.randn(2, 3, 5, 6)
+    gathered = x.index_select(2, _pad_indices(5, *pad, mode)).index_select(3, _pad_indices(6, *pad, mode))
+    assert torch.equal(gathered, nn.functional.pad(x, (*pad, *pad), mode=mode))

@@ -119,14 +119,18 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
     torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", _adaptive_average_pool, ONNX_OPSET)
     # The exporter switches the module to eval mode through train(False), which a torch.export
     # program refuses; every loaded model is in eval mode already (worker.model_loading).
-    model.train = types.MethodType(lambda self, mode=True: self, model)  # type: ignore[method-assign]
+    # TorchScript modules (scripted or traced) take train(False) themselves and no new attributes.
+    patched = not isinstance(model, torch.jit.ScriptModule)
+    if patched:
+        model.train = types.MethodType(lambda self, mode=True: self, model)  # type: ignore[method-assign]
     try:
         torch.onnx.export(
             model, (example[:2].cpu(),), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
         )
     finally:
-        del model.train
+        if patched:
+            del model.train
     return buffer.getvalue()
 
 
