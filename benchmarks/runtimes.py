@@ -25,7 +25,7 @@ from benchmarks.end_to_end import CIFAR_MEAN, CIFAR_STD, case, forward_only
 from benchmarks.stack import real_stack
 from worker.engine.sweep import run_sweep
 
-DEFAULTS = {"SHIFTSCORE_TORCH_THREADS": "", "SHIFTSCORE_BATCH_SIZE": ""}
+DEFAULTS = {"SHIFTSCORE_TORCH_THREADS": "", "SHIFTSCORE_BATCH_SIZE": ""}  # and the worker's default concurrency
 
 
 def _counts(session, evaluation_id: str) -> list[int]:
@@ -116,7 +116,7 @@ def spinning_rows(quick: bool) -> list[list]:
 def main(quick: bool = False) -> str:
     rows = []
     # Every setting at its default: empty values are dropped, so the worker reads none.
-    with real_stack(**DEFAULTS) as stack:
+    with real_stack(concurrency=None, **DEFAULTS) as stack:
         session = stack.session("bench")
         workdir = Path(stack.env["SHIFTSCORE_HOME"])
         count, radius = (1000, 4) if quick else (5000, 6)

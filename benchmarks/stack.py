@@ -14,15 +14,16 @@ from tests.stack import Stack, running_stack
 
 
 @contextmanager
-def real_stack(workers: int = 1, **overrides: str) -> Iterator[Stack]:
-    """A fresh database and Redis db, the API under gunicorn and `workers` worker processes."""
+def real_stack(workers: int = 1, concurrency: int | None = 1, **overrides: str) -> Iterator[Stack]:
+    """A fresh database and Redis db, the API under gunicorn and `workers` workers of `concurrency`
+    processes (None: the product's default)."""
     home = Path(tempfile.mkdtemp(prefix="shiftscore-bench-"))
     settings = {"SHIFTSCORE_DEVICE": "cpu", "SHIFTSCORE_TORCH_THREADS": "1", "SHIFTSCORE_BATCH_SIZE": "256",
                 "SHIFTSCORE_PROGRESS_INTERVAL": "0.5", **overrides}
     # An empty override leaves that setting at the product's default.
     settings = {name: value for name, value in settings.items() if value != ""}
     try:
-        with running_stack(home, workers=workers, scheduler=False, **settings) as stack:
+        with running_stack(home, workers=workers, concurrency=concurrency, scheduler=False, **settings) as stack:
             yield stack
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from core.settings import Settings
+from core.settings import Settings, reset_settings
 
 
 def migrate(settings: Settings) -> None:
@@ -74,6 +74,10 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str) -> No
         log.info("model sandbox: bubblewrap namespaces, seccomp, %d MiB memory limit per model",
                  settings.sandbox_memory_bytes >> 20)
 
+    if concurrency:
+        # The default threads per process divide the cores among the processes really started.
+        os.environ["SHIFTSCORE_WORKER_CONCURRENCY"] = str(concurrency)
+        reset_settings()
     app.worker_main(argv=[
         "worker",
         f"--loglevel={loglevel}",

@@ -104,8 +104,10 @@ class Stack:
                 time.sleep(0.2)
         raise RuntimeError("the API did not come up within 60 s")
 
-    def start_worker(self, concurrency: int = 1) -> subprocess.Popen:
-        worker = self._spawn("worker", "worker", "--concurrency", str(concurrency))
+    def start_worker(self, concurrency: int | None = 1) -> subprocess.Popen:
+        """A worker of `concurrency` processes; None leaves it at the product's default."""
+        flags = () if concurrency is None else ("--concurrency", str(concurrency))
+        worker = self._spawn("worker", "worker", *flags)
         self.workers.append(worker)
         return worker
 
@@ -268,10 +270,12 @@ def stack_env(home: Path, **overrides: str) -> dict[str, str]:
 
 @contextmanager
 def running_stack(
-    home: Path, *, workers: int = 1, scheduler: bool = True, broker_url: str | None = None, **overrides: str
+    home: Path, *, workers: int = 1, concurrency: int | None = 1, scheduler: bool = True,
+    broker_url: str | None = None, **overrides: str
 ) -> Iterator[Stack]:
     """A fresh PostgreSQL database and Redis db (or `broker_url`), migrated, with the API,
-    `workers` worker processes and the scheduler running; all torn down afterwards."""
+    `workers` workers of `concurrency` processes (None: the default) and the scheduler running;
+    all torn down afterwards."""
     database_url = create_pg_database()
     own_broker = broker_url is None
     broker_url = broker_url or claim_redis_db()
@@ -284,7 +288,7 @@ def running_stack(
         stack.migrate()
         stack.start_api()
         for _ in range(workers):
-            stack.start_worker()
+            stack.start_worker(concurrency)
         if scheduler:
             stack.start_scheduler()
         yield stack

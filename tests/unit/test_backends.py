@@ -194,3 +194,11 @@ def test_blur_pool_padding_by_gather_equals_f_pad(mode, pad):
     x = torch.randn(2, 3, 5, 6)
     gathered = x.index_select(2, _pad_indices(5, *pad, mode)).index_select(3, _pad_indices(6, *pad, mode))
     assert torch.equal(gathered, nn.functional.pad(x, (*pad, *pad), mode=mode))
+
+
+def test_onnx_runtime_threads_sleep_when_idle():
+    """Spinning pool threads take the cores the engine builds the next batch on (benchmarks.run runtimes)."""
+    exported = backends.onnx_export(SmallNet().eval(), backends.validation_batch(SPEC, CPU), 2)
+    options = exported.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
