@@ -15,11 +15,6 @@ def _default_home() -> Path:
     return Path(os.environ.get("SHIFTSCORE_HOME", Path.cwd() / "var"))
 
 
-# Each worker process holds its own caged copy of the model, so by default the cores are
-# shared among at most this many processes, with threads for the rest.
-MAX_DEFAULT_PROCESSES = 4
-
-
 def usable_cores() -> int:
     """The cores this process may run on."""
     try:
@@ -28,14 +23,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_concurrency() -> int:
-    """One model process per core, up to MAX_DEFAULT_PROCESSES: benchmarks/cores.py measured single-thread
-    processes on separate chunks faster than the same cores as threads in one sweep, on torch and ONNX Runtime."""
-    return max(1, min(usable_cores(), MAX_DEFAULT_PROCESSES))
-
-
 def default_threads(concurrency: int) -> int:
-    """The cores shared between the worker's processes."""
+    """The cores shared between the worker's processes: with the default single process, one sweep's
+    chunk runs on all of them (benchmarks/cores.py and benchmarks/runtimes.py, README "Speed")."""
     return max(1, usable_cores() // concurrency)
 
 
@@ -113,8 +103,8 @@ class Settings:
     port: int = 8000
     # A request body past this is refused (413): 10 GiB admits an ImageNet-validation-sized NPZ (~7.5 GB).
     max_upload_bytes: int = 10 << 30
-    torch_threads: int = field(default_factory=lambda: default_threads(default_concurrency()))
-    worker_concurrency: int = field(default_factory=default_concurrency)
+    torch_threads: int = field(default_factory=lambda: default_threads(1))
+    worker_concurrency: int = 1
     device: str = "auto"
     batch_size: int = 256
     task_soft_time_limit: int = 3600
@@ -181,7 +171,7 @@ class Settings:
         device = env.get("SHIFTSCORE_DEVICE", "auto")
         if device not in {"auto", "cpu", "cuda"} and not device.startswith("cuda:"):
             raise SettingsError("SHIFTSCORE_DEVICE must be auto, cpu, cuda or cuda:N")
-        concurrency = _int(env, "SHIFTSCORE_WORKER_CONCURRENCY", default_concurrency(), 1)
+        concurrency = _int(env, "SHIFTSCORE_WORKER_CONCURRENCY", 1, 1)
         soft = _int(env, "SHIFTSCORE_TASK_SOFT_TIME_LIMIT", 3600, 1)
         hard = _int(env, "SHIFTSCORE_TASK_HARD_TIME_LIMIT", soft + 60, 1)
         if hard <= soft:

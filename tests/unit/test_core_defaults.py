@@ -1,4 +1,4 @@
-"""How a worker shares its cores by default: processes first (up to a cap), threads for the rest."""
+"""How a worker shares its cores by default: one process, every core as its threads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from core import settings as settings_module
-from core.settings import MAX_DEFAULT_PROCESSES, Settings
+from core.settings import Settings
 
 
 @pytest.fixture
@@ -17,8 +17,8 @@ def cores(monkeypatch):
     return use
 
 
-@pytest.mark.parametrize("count, processes, threads", [(1, 1, 1), (2, 2, 1), (3, 3, 1), (16, MAX_DEFAULT_PROCESSES, 4)])
-def test_defaults_put_one_process_on_each_core_up_to_the_cap(cores, count, processes, threads):
+@pytest.mark.parametrize("count, processes, threads", [(1, 1, 1), (2, 1, 2), (16, 1, 16)])
+def test_defaults_run_one_process_on_every_core(cores, count, processes, threads):
     cores(count)
     defaults = Settings.from_env({})
     assert (defaults.worker_concurrency, defaults.torch_threads) == (processes, threads)
