@@ -175,3 +175,16 @@ def test_out_of_time_only_the_reference_is_timed():
     assert set(kept) == {"torch"} and record["backend"] == "torch"
     assert "no time left" in record["candidates"]["onnxruntime"]["reason"]
     assert list(record["candidates"]["torch"]["per_batch_size"]) == [str(backends.BATCH_SIZES[0])]
+
+
+def test_agreement_over_batches_is_agreement_over_their_concatenation():
+    """The real-data check compares batch by batch; the rule must not change by the split."""
+    generator = torch.Generator().manual_seed(4)
+    reference = torch.randn(40, 5, generator=generator)
+    candidate = reference + 1e-3 * torch.randn(40, 5, generator=generator)
+    candidate[17] = -candidate[17]
+    pieces = [backends.compared(reference[a:b], candidate[a:b]) for a, b in ((0, 16), (16, 32), (32, 40))]
+    assert backends.judged(pieces) == backends.agreement(reference, candidate)
+    candidate[20, 0] = float("nan")
+    pieces = [backends.compared(reference[a:b], candidate[a:b]) for a, b in ((0, 16), (16, 32), (32, 40))]
+    assert backends.judged(pieces)["agrees"] is False
