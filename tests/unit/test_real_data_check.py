@@ -11,6 +11,7 @@ from core.grid import build_sweep_grid
 from core.runtimes import REAL_DATA_CHECK, REAL_DATA_ROWS, real_data_record
 from tests.models import DIGITS_INPUT, digits_arrays
 from worker.engine.early_exit import run_worst_case
+from worker.engine.segmentation import run_segmentation_sweep
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.sandbox import backends
@@ -146,6 +147,37 @@ def test_a_short_chunk_checks_all_its_samples_and_early_exit_falls_back_too(digi
     plan = plan_for(request, DIGITS_INPUT)
     expected = run_worst_case(model, images, labels, np.arange(40, 90), plan, batch_size=64).to_json()
     assert _plain(result) == expected
+
+
+class DarkSegmenter(nn.Module):
+    """Three classes per pixel from a convolution, plus a push towards class 0 where the pixel is black."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        push = torch.tensor([4.0, 0.0, 0.0]).view(1, 3, 1, 1)
+        return self.conv(x) + _AtMostBlack.apply(x) * push
+
+
+def test_a_segmenter_is_checked_pixel_by_pixel_and_falls_back(digits, tmp_path):
+    images, _, paths = digits
+    masks = np.minimum(images // 86, 2).astype(np.int64)  # background, stroke edge, stroke
+    np.save(tmp_path / "masks.npy", masks)
+    model = DarkSegmenter().eval()
+    assert backends.choose("state_dict", model, DIGITS_INPUT, CPU)[0]["candidates"][backends.ONNXRUNTIME]["kept"]
+    runner = _runner(model, {**paths, "targets": str(tmp_path / "masks.npy")}, [])
+    runner.fields = {**runner.fields, "task": "segmentation"}
+    result = _sweep(runner, 0, 300)
+    check = result[REAL_DATA_CHECK]
+    assert check["agrees"] is False and check["argmax_equal"] < check["rows"] == REAL_DATA_ROWS
+    plan = plan_for(REQUEST, DIGITS_INPUT)
+    expected = run_segmentation_sweep(model, images, masks, np.arange(300), plan, batch_size=64).to_json()
+    assert _plain(result) == expected
+    exported = run_segmentation_sweep(runner.forward, images, masks, np.arange(300), plan, batch_size=64)
+    assert exported.to_json() != expected
 
 
 def test_the_model_own_runtime_is_not_checked(digits):
