@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import timedelta
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,12 @@ from torch import nn
 
 from core.grid import build_sweep_grid
 from core.runtimes import REAL_DATA_CHECK, REAL_DATA_ROWS, real_data_record
+from db import jobs
+from db.migrate import upgrade
+from db.models import Blob, Dataset, Evaluation, Model, Tenant
+from db.session import dispose_engine, session_scope, use_database
 from tests.models import DIGITS_INPUT, digits_arrays
+from worker import completion
 from worker.engine.early_exit import run_worst_case
 from worker.engine.segmentation import run_segmentation_sweep
 from worker.engine.sweep import run_sweep
@@ -205,3 +213,68 @@ def test_the_merge_reads_a_tally_past_its_check():
     assert Tally.from_json({**Tally(num_shifts=build_sweep_grid(REQUEST).size).to_json(),
                             REAL_DATA_CHECK: {"rows": 0}}).n == 0
 
+
+
+@pytest.fixture
+def database(tmp_path) -> Iterator[str]:
+    """A migrated SQLite database with one queued evaluation of a model whose chosen runtime is ONNX Runtime."""
+    url = f"sqlite:///{tmp_path / 'chunks.sqlite3'}"
+    upgrade(url)
+    use_database(url)
+    with session_scope() as session:
+        tenant = Tenant(name="alice", webhook_secret="s")
+        session.add_all([tenant, Blob(sha256="a" * 64, size=1, data=b"x")])
+        session.flush()
+        session.add(Model(id="m1", tenant_id=tenant.id, name="m", format="state_dict", sha256="a" * 64,
+                          input_spec=DIGITS_INPUT))
+        session.add(Dataset(id="d1", tenant_id=tenant.id, name="digits", sha256="a" * 64, num_samples=600))
+        session.flush()
+        grid = build_sweep_grid(REQUEST)
+        session.add(Evaluation(id="e1", tenant_id=tenant.id, model_id="m1", dataset_id="d1", request=REQUEST,
+                               sweep_key="k", request_sha256="r", num_samples=600,
+                               images_per_sample=grid.images_per_sample,
+                               progress_total=600 * grid.images_per_sample, runtime=RUNTIME))
+        session.flush()
+        jobs.plan_chunks(session, "e1", lambda n, _: [(0, 300), (300, n)])
+    yield url
+    dispose_engine()
+
+
+RUNTIME = {"backend": "onnxruntime", "batch_size": 64, "forced": False,
+           "agreement": {"rows": 32, "argmax_equal": 32, "max_abs_diff": 0.0, "tolerance": 1e-4}}
+
+
+def _claim(index: int) -> jobs.ClaimedChunk:
+    with session_scope() as session:
+        claimed = jobs.claim_chunk(session, "e1", index, "w", timedelta(seconds=60), max_attempts=5)
+    assert claimed is not None
+    return claimed
+
+
+def test_retried_chunks_are_counted_once_in_the_evaluations_record(database, digits):
+    """A chunk taken over by a second attempt, and a result delivered twice: two chunks, counted once each."""
+    _, _, paths = digits
+    runner = _runner(DarkNet().eval(), paths, [])
+    grid = build_sweep_grid(REQUEST)
+    results = [_sweep(runner, 0, 300), _sweep(runner, 300, 600)]
+    first = _claim(0)
+    with session_scope() as session:  # its worker went silent: the reconciler queues the chunk again
+        assert jobs.requeue_stale_chunks(session, jobs.utcnow() + timedelta(seconds=1), 5) == [("e1", 0)]
+    second = _claim(0)
+    with pytest.raises(jobs.LostClaim):
+        completion.complete_chunk("classification", first, results[0], 0, grid)
+    completion.complete_chunk("classification", second, results[0], 0, grid)
+    with pytest.raises(jobs.LostClaim):  # the same result again, after a lost answer
+        completion.complete_chunk("classification", second, results[0], 0, grid)
+    last = _claim(1)
+    completion.complete_chunk("classification", last, results[1], 0, grid)
+    with session_scope() as session:
+        evaluation = session.get(Evaluation, "e1")
+        assert evaluation.status == "succeeded"
+        runtime = evaluation.runtime
+    checks = [result[REAL_DATA_CHECK] for result in results]
+    assert {key: runtime[key] for key in RUNTIME} == RUNTIME  # what was fixed at submission stays
+    assert runtime[REAL_DATA_CHECK]["chunks"] == 2 and runtime[REAL_DATA_CHECK]["fell_back_chunks"] == 2
+    assert runtime[REAL_DATA_CHECK]["rows"] == sum(check["rows"] for check in checks) == 2 * REAL_DATA_ROWS
+    assert runtime[REAL_DATA_CHECK]["argmax_equal"] == sum(check["argmax_equal"] for check in checks)
+    assert "2 of 2 chunks" in runtime["note"]
