@@ -15,6 +15,11 @@ BACKENDS = (TORCH, ONNXRUNTIME)
 REQUESTABLE = ("auto", TORCH)
 MAX_BATCH_SIZE = 4096
 _AGREEMENT = ("rows", "argmax_equal", "max_abs_diff", "tolerance")
+# A sweep chunk on a runtime other than the model's own first checks it, by the validation
+# batch's rule, on the unshifted views of the chunk's first REAL_DATA_ROWS samples; on
+# disagreement that chunk runs on the model's own runtime (worker/sandbox/real_data.py).
+REAL_DATA_CHECK = "real_data_check"
+REAL_DATA_ROWS = 256
 
 
 class BadRuntime(ValueError):
@@ -92,3 +97,31 @@ def evaluation_runtime(fmt: str, model_runtime: dict[str, Any] | None, requested
         "backend": backend, "batch_size": entry["batch_size"], "forced": requested != "auto",
         "agreement": {key: entry.get(key) for key in _AGREEMENT},
     }
+
+
+def _closeness(part: dict[str, Any]) -> tuple[bool, float]:
+    """Orders a chunk's check by how near it came to failing: disagreements first, then diff/tolerance."""
+    difference, tolerance = part["max_abs_diff"], part["tolerance"]
+    ratio = math.inf if difference is None or not tolerance else difference / tolerance
+    return (not part["agrees"], ratio)
+
+
+def real_data_record(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation's `real_data_check` (and `note`) from its chunks' checks, one per chunk.
+
+    Rows and equal argmaxes add up; `max_abs_diff` and `tolerance` are those of the chunk
+    nearest to (or furthest past) its own tolerance, since each chunk is judged on its own.
+    """
+    closest = max(parts, key=_closeness)
+    fell_back = sum(not part["agrees"] for part in parts)
+    record: dict[str, Any] = {REAL_DATA_CHECK: {
+        "chunks": len(parts), "rows": sum(part["rows"] for part in parts),
+        "argmax_equal": sum(part["argmax_equal"] for part in parts),
+        "max_abs_diff": closest["max_abs_diff"], "tolerance": closest["tolerance"], "fell_back_chunks": fell_back,
+    }}
+    if fell_back:
+        # Only torch models have a second runtime: ONNX Runtime checked against torch eager.
+        record["note"] = (f"ONNX Runtime disagreed with the model's own runtime (torch eager) on the real images of "
+                          f"{fell_back} of {len(parts)} chunks; those chunks ran on torch eager, so every result "
+                          "is the model's own")
+    return record

@@ -339,6 +339,13 @@ def complete_chunk(
     ).scalars())
 
 
+def extend_runtime(session: Session, evaluation_id: str, fields: dict[str, Any]) -> None:
+    """Add `fields` to the evaluation's runtime record (what the sweep learned as it ran)."""
+    runtime = session.execute(select(Evaluation.runtime).where(Evaluation.id == evaluation_id)).scalar_one()
+    session.execute(update(Evaluation).where(Evaluation.id == evaluation_id)
+                    .values(runtime={**(runtime or {}), **fields}))
+
+
 def finish_evaluation(
     session: Session,
     evaluation_id: str,

@@ -1,7 +1,8 @@
 """A chunk's end: store its checked tally; the last chunk to finish merges them all and records the result.
 
 A chunk's stored tally is a JSON object: a classification Tally or a SegmentationTally,
-with a layer profile riding along under "layers". The sandbox computes them
+with a layer profile riding along under "layers" and, on a runtime other than the
+model's own, the chunk's real-data check under "real_data_check". The sandbox computes them
 (worker.sandbox.runner); here they are only merged, by one fold whatever the task,
 and recorded by the task's finisher.
 """
@@ -14,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.orm import Session
 
 from core.grid import Grid
+from core.runtimes import REAL_DATA_CHECK, real_data_record
 from db import jobs
 from db.profiles import record_layer_profile, record_segmentation_shifts
 from db.session import session_scope
@@ -75,6 +77,17 @@ def record_layers(session: Session, evaluation_id: str, tallies: list[dict[str, 
         record_layer_profile(session, evaluation_id, profile_rows(merge_all(LayerTally.from_json, parts), grid.shifts))
 
 
+def record_real_data_check(session: Session, evaluation_id: str, tallies: list[dict[str, Any]]) -> None:
+    """Add the chunks' real-data checks, if any ran, to the evaluation's runtime record.
+
+    One stored tally per chunk, a retry's replacing its earlier attempt's, and this runs once,
+    when the evaluation finishes: nothing is counted twice.
+    """
+    parts = [t[REAL_DATA_CHECK] for t in tallies if t.get(REAL_DATA_CHECK)]
+    if parts:
+        jobs.extend_runtime(session, evaluation_id, real_data_record(parts))
+
+
 def complete_chunk(
     task: str, claimed: jobs.ClaimedChunk, chunk_tally: dict[str, Any], high_water: int, grid: Grid
 ) -> None:
@@ -89,3 +102,4 @@ def complete_chunk(
         evaluation_id = claimed.claim.evaluation_id
         if FINISHERS[task](session, evaluation_id, tallies, grid):
             record_layers(session, evaluation_id, tallies, grid)
+            record_real_data_check(session, evaluation_id, tallies)

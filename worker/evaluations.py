@@ -28,7 +28,7 @@ from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
 from worker.engine.layers import LAYERS
-from core.runtimes import evaluation_runtime
+from core.runtimes import evaluation_runtime, reference_backend
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain
@@ -299,7 +299,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     chunk_tally = result.get("tally")
     try:
         results.check_chunk_tally(chunk_tally, task, grid.size, claimed.stop - claimed.start,
-                                  bool(job.request.get(LAYERS)))
+                                  bool(job.request.get(LAYERS)), backend != reference_backend(job.model["format"]))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
     finisher = "worst_case" if task == "classification" and job.request.get("early_exit") else task

@@ -80,6 +80,32 @@ class Summary(BaseModel):
     note: str | None = None
 
 
+class Agreement(BaseModel):
+    rows: int | None
+    argmax_equal: int | None
+    max_abs_diff: float | None
+    tolerance: float | None
+
+
+class RealDataCheck(BaseModel):
+    chunks: int = Field(description="sweep chunks whose real images were checked")
+    rows: int = Field(description="samples checked: each chunk's first 256 (at most), unshifted")
+    argmax_equal: int
+    max_abs_diff: float | None = Field(description="of the chunk nearest to (or furthest past) its tolerance")
+    tolerance: float | None
+    fell_back_chunks: int = Field(description="chunks that ran on torch eager because the chosen runtime disagreed")
+
+
+class EvaluationRuntime(BaseModel):
+    backend: str
+    batch_size: int
+    forced: bool
+    agreement: Agreement | None = Field(description="the validation batch's figures for this backend")
+    real_data_check: RealDataCheck | None = Field(
+        default=None, description="present once a sweep on a runtime other than the model's own has finished")
+    note: str | None = Field(default=None, description="present when some chunks fell back to torch eager")
+
+
 class Warning(BaseModel):
     code: str
     detail: str
@@ -100,8 +126,8 @@ class Evaluation(BaseModel):
     sweep_key: str
     tags: list[str]
     summary: Summary | None
-    # What the sweep ran on: backend, batch_size, forced, and the agreement check's figures.
-    runtime: dict[str, Any] | None
+    # What the sweep ran on (docs/runtimes.md).
+    runtime: EvaluationRuntime | None
     warnings: list[Warning]
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from core.chunking import chunk_bounds
+from core.runtimes import REAL_DATA_ROWS
+from core.settings import Settings
 from tests.models import DIGITS_INPUT, trained_digits_cnn
 
 GRID = {"dx": [-2, 2], "dy": [-2, 2], "step": 1}
@@ -40,11 +43,28 @@ def test_runtime_chosen_once_recorded_and_forced(pg_stack, digits_model_file):
     assert auto["runtime"]["batch_size"] == runtime["batch_size"]
     assert auto["runtime"]["agreement"]["rows"] == runtime["candidates"][runtime["backend"]]["rows"]
     assert forced["runtime"]["backend"] == "torch" and forced["runtime"]["forced"] is True
+    _assert_real_data_check(auto, runtime, forced, Settings.from_env(pg_stack.env).chunk_images)
     # Same predictions: every per-shift count equal, whichever runtime ran.
     assert _counts(session, auto["id"]) == _counts(session, forced["id"])
     assert auto["summary"] == forced["summary"]
     # Chosen once, at validation: sweeps never measure again.
     assert session.get(f"/v1/models/{model['id']}").json()["runtime"] == runtime
+
+
+def _assert_real_data_check(auto: dict, model_runtime: dict, forced: dict, chunk_images: int) -> None:
+    """On ONNX Runtime every chunk checked its first real samples against torch eager; on torch, none did."""
+    assert "real_data_check" not in forced["runtime"]
+    if model_runtime["backend"] != "onnxruntime":  # timed slower here: nothing ran on another runtime
+        assert "real_data_check" not in auto["runtime"]
+        return
+    samples = auto["summary"]["num_samples"]
+    bounds = chunk_bounds(samples, auto["progress"]["total"] // samples, chunk_images)
+    check = auto["runtime"]["real_data_check"]
+    assert check["chunks"] == len(bounds) > 1
+    assert check["rows"] == sum(min(REAL_DATA_ROWS, stop - start) for start, stop in bounds)
+    # The digits CNN's export gives its predictions on the digits too: no chunk fell back.
+    assert check["argmax_equal"] == check["rows"] and check["max_abs_diff"] <= check["tolerance"]
+    assert check["fell_back_chunks"] == 0 and "note" not in auto["runtime"]
 
 
 def test_onnx_model_runs_on_onnxruntime_and_refuses_torch(pg_stack, tmp_path):
@@ -59,7 +79,9 @@ def test_onnx_model_runs_on_onnxruntime_and_refuses_torch(pg_stack, tmp_path):
     refused = session.post("/v1/evaluations", json={"model_id": uploaded["id"], "dataset_id": "digits",
                                                      "shifts": GRID, "backend": "torch"})
     assert refused.status_code == 422 and "backend" in refused.text
-    assert _evaluate(session, uploaded["id"])["runtime"]["backend"] == "onnxruntime"
+    swept = _evaluate(session, uploaded["id"])["runtime"]
+    # ONNX Runtime is this model's own runtime: nothing to check it against.
+    assert swept["backend"] == "onnxruntime" and "real_data_check" not in swept
 
 
 def test_early_exit_gives_the_full_sweeps_worst_case(pg_stack, digits_model_file):

@@ -202,3 +202,16 @@ def test_onnx_runtime_threads_sleep_when_idle():
     options = exported.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
+
+
+def test_agreement_over_batches_is_agreement_over_their_concatenation():
+    """The real-data check compares batch by batch; the rule must not change by the split."""
+    generator = torch.Generator().manual_seed(4)
+    reference = torch.randn(40, 5, generator=generator)
+    candidate = reference + 1e-3 * torch.randn(40, 5, generator=generator)
+    candidate[17] = -candidate[17]
+    pieces = [backends.compared(reference[a:b], candidate[a:b]) for a, b in ((0, 16), (16, 32), (32, 40))]
+    assert backends.judged(pieces) == backends.agreement(reference, candidate)
+    candidate[20, 0] = float("nan")
+    pieces = [backends.compared(reference[a:b], candidate[a:b]) for a, b in ((0, 16), (16, 32), (32, 40))]
+    assert backends.judged(pieces)["agrees"] is False

@@ -59,6 +59,37 @@ def test_forged_tallies_are_refused(name):
         results.check_chunk_tally(tally, "classification", 3, 5, layers=False)
 
 
+CHECK = {"rows": 5, "argmax_equal": 4, "max_abs_diff": 0.5, "tolerance": 0.01, "agrees": False}
+
+CHECK_FORGERIES = {
+    "absent": lambda c: c.clear(),
+    "more rows than the chunk": lambda c: c.update(rows=6),
+    "more equal rows than checked": lambda c: c.update(argmax_equal=6),
+    "an extra field": lambda c: c.update(html="<b>"),
+    "a NaN difference": lambda c: c.update(max_abs_diff=float("nan")),
+    "a negative tolerance": lambda c: c.update(tolerance=-1.0),
+    "agreement as text": lambda c: c.update(agrees="yes"),
+    "agreement against its figures": lambda c: c.update(agrees=True),
+}
+
+
+def test_a_real_data_check_passes_where_the_chunk_ran_on_another_runtime():
+    results.check_chunk_tally({**real_tally(), "real_data_check": CHECK}, "classification", 3, 5, layers=False,
+                              real_data=True)
+    with pytest.raises(results.BadResult):  # the model's own runtime has nothing to check
+        results.check_chunk_tally({**real_tally(), "real_data_check": CHECK}, "classification", 3, 5,
+                                  layers=False)
+
+
+@pytest.mark.parametrize("name", CHECK_FORGERIES)
+def test_forged_real_data_checks_are_refused(name):
+    check = dict(CHECK)
+    CHECK_FORGERIES[name](check)
+    tally = {**real_tally(), "real_data_check": check} if check else real_tally()
+    with pytest.raises(results.BadResult):
+        results.check_chunk_tally(tally, "classification", 3, 5, layers=False, real_data=True)
+
+
 def test_text_from_model_code_is_bounded_and_plain():
     text = results.user_text("\x1b[31mred\x00" + "x" * 5000)
     assert len(text) <= results.MAX_TEXT and "\x1b" not in text and "\x00" not in text

@@ -64,22 +64,44 @@ def _channel_values(value: Any, channels: int, default: float) -> torch.Tensor:
 
 def agreement(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
     """How closely a candidate's output matches the reference's on the validation batch."""
+    return judged([compared(reference, candidate)])
+
+
+def compared(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
+    """One batch's raw figures for `judged`: rows, rows whose argmax agrees, max |difference|, max |reference|."""
     reference, candidate = reference.detach().float().cpu(), candidate.detach().float().cpu()
+    rows = int(reference.shape[0])
     if reference.shape != candidate.shape:
-        return {"rows": int(reference.shape[0]), "argmax_equal": 0, "max_abs_diff": None,
+        return {"rows": rows, "argmax_equal": 0, "max_abs_diff": None, "largest": None}
+    same = (reference.argmax(dim=1) == candidate.argmax(dim=1)).reshape(rows, -1).all(dim=1)
+    empty = not reference.numel()
+    return {"rows": rows, "argmax_equal": int(same.sum()),
+            "max_abs_diff": 0.0 if empty else float((reference - candidate).abs().max()),
+            "largest": 0.0 if empty else float(reference.abs().max())}
+
+
+def judged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agreement rule over batches compared one by one (`compared`), as if they were one batch."""
+    rows = sum(part["rows"] for part in parts)
+    argmax_equal = sum(part["argmax_equal"] for part in parts)
+    if any(part["max_abs_diff"] is None for part in parts):
+        return {"rows": rows, "argmax_equal": 0, "max_abs_diff": None,
                 "tolerance": None, "agrees": False, "reason": "the output shape differs"}
-    same = (reference.argmax(dim=1) == candidate.argmax(dim=1)).reshape(reference.shape[0], -1).all(dim=1)
-    difference = float((reference - candidate).abs().max()) if reference.numel() else 0.0
-    tolerance = ABS_TOLERANCE + REL_TOLERANCE * float(reference.abs().max())
-    argmax_equal = int(same.sum())
-    agrees = argmax_equal == reference.shape[0] and np.isfinite(difference) and difference <= tolerance
+    difference = _largest([part["max_abs_diff"] for part in parts])
+    tolerance = ABS_TOLERANCE + REL_TOLERANCE * _largest([part["largest"] for part in parts])
+    agrees = argmax_equal == rows and np.isfinite(difference) and difference <= tolerance
     reason = None
-    if argmax_equal < reference.shape[0]:
-        reason = f"argmax differs on {reference.shape[0] - argmax_equal} of {reference.shape[0]} rows"
+    if argmax_equal < rows:
+        reason = f"argmax differs on {rows - argmax_equal} of {rows} rows"
     elif not agrees:
         reason = f"logits differ by {difference:.3g}, over the tolerance {tolerance:.3g}"
-    return {"rows": int(reference.shape[0]), "argmax_equal": argmax_equal, "max_abs_diff": difference,
+    return {"rows": rows, "argmax_equal": argmax_equal, "max_abs_diff": difference,
             "tolerance": tolerance, "agrees": bool(agrees), "reason": reason}
+
+
+def _largest(values: list[float]) -> float:
+    # NaN wins, as in torch's max: Python's max() would drop it or not by its position.
+    return math.nan if any(math.isnan(value) for value in values) else max(values, default=0.0)
 
 
 def _pool_matrix(size: int, out: int) -> torch.Tensor:

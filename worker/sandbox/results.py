@@ -8,10 +8,15 @@ instead of crashing the worker or poisoning the merge of other chunks.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+from core.runtimes import REAL_DATA_CHECK, REAL_DATA_ROWS
+from worker.engine.layers import LAYERS
 from worker.engine.tally import EXAMPLE_FIELDS, MAX_EXAMPLES
+
+_REAL_DATA_FIELDS = {"rows", "argmax_equal", "max_abs_diff", "tolerance", "agrees"}
 
 MAX_TEXT = 500
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -155,16 +160,44 @@ def check_layers(data: Any, num_shifts: int) -> None:
     _matrix(data.get("eq_cells"), len(names), num_shifts, "eq_cells", integral=True)
 
 
-def check_chunk_tally(data: Any, task: str, num_shifts: int, num_samples: int, layers: bool) -> None:
-    """The whole of a chunk's result; raises BadResult on the first problem."""
+def check_real_data(data: Any, num_samples: int) -> None:
+    """A chunk's real-data check (worker/sandbox/real_data.py): its first samples, at most REAL_DATA_ROWS."""
+    if not isinstance(data, dict) or set(data) != _REAL_DATA_FIELDS:
+        raise BadResult("the real-data check is malformed")
+    if _count(data["rows"], "rows") != min(num_samples, REAL_DATA_ROWS):
+        raise BadResult("the real-data check is not over the chunk's first samples")
+    if _count(data["argmax_equal"], "argmax_equal") > data["rows"]:
+        raise BadResult("the real-data check counts more equal rows than it checked")
+    for key in ("max_abs_diff", "tolerance"):
+        value = data[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0.0 <= value < math.inf):
+            raise BadResult(f"the real-data check's {key} is not a finite number")
+    if not isinstance(data["agrees"], bool):
+        raise BadResult("the real-data check does not say whether it agrees")
+    if data["agrees"] and (data["argmax_equal"] != data["rows"] or data["max_abs_diff"] is None
+                           or data["tolerance"] is None or data["max_abs_diff"] > data["tolerance"]):
+        raise BadResult("the real-data check says it agrees against its own figures")
+
+
+def check_chunk_tally(data: Any, task: str, num_shifts: int, num_samples: int, layers: bool,
+                      real_data: bool = False) -> None:
+    """The whole of a chunk's result; raises BadResult on the first problem.
+
+    `real_data`: the chunk ran on a runtime other than the model's own, so it carries its real-data check.
+    """
     if not isinstance(data, dict):
         raise BadResult("the result is not an object")
-    tally = {key: value for key, value in data.items() if key != "layers"}
+    tally = {key: value for key, value in data.items() if key not in (LAYERS, REAL_DATA_CHECK)}
     if task == "segmentation":
         check_segmentation(tally, num_shifts, num_samples)
     else:
         check_classification(tally, num_shifts, num_samples)
     if layers:
-        check_layers(data.get("layers"), num_shifts)
-    elif "layers" in data:
+        check_layers(data.get(LAYERS), num_shifts)
+    elif LAYERS in data:
         raise BadResult("the result holds a layer profile nobody asked for")
+    if real_data:
+        check_real_data(data.get(REAL_DATA_CHECK), num_samples)
+    elif REAL_DATA_CHECK in data:
+        raise BadResult("the result holds a real-data check for the model's own runtime")

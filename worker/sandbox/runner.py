@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from core.grid import build_sweep_grid
+from core.runtimes import REAL_DATA_CHECK
 from worker.engine.device import pick_device
 from worker.engine.early_exit import run_worst_case
 from worker.engine.layers import LAYERS, run_layer_profile
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
-from worker.sandbox import backends
+from worker.sandbox import backends, real_data
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
@@ -89,6 +90,7 @@ class Runner:
         plan = plan_for(request, spec)
         indices = sample_indices(len(targets), request.get("max_samples"), request.get("seed", 0))
         rows = indices[job["start"] : job["stop"]]
+        forward, check = self._checked_forward(images, rows, plan, int(job["batch_size"]))
         checkpoints = _Checkpoints(self.send, float(job["checkpoint_every"]))
         common = dict(
             batch_size=int(job["batch_size"]), device=self.device,
@@ -96,12 +98,14 @@ class Runner:
         )
         if self.fields["task"] == "segmentation":
             saved = SegmentationTally.from_json(job["tally"]) if job["tally"] else None
-            tally: Any = run_segmentation_sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
+            tally: Any = run_segmentation_sweep(forward, images, targets, rows, plan, tally=saved, **common)
         else:
             saved = Tally.from_json(job["tally"]) if job["tally"] else None
             sweep = run_worst_case if request.get("early_exit") else run_sweep
-            tally = sweep(self.forward, images, targets, rows, plan, tally=saved, **common)
+            tally = sweep(forward, images, targets, rows, plan, tally=saved, **common)
         chunk_tally = tally.to_json()
+        if check is not None:
+            chunk_tally[REAL_DATA_CHECK] = check
         asked = request.get(LAYERS)
         if asked:
             names = None if asked is True else list(asked)
@@ -111,6 +115,19 @@ class Runner:
             )
             chunk_tally[LAYERS] = profile.to_json()
         return {"tally": chunk_tally}
+
+    def _checked_forward(self, images: np.ndarray, rows: np.ndarray, plan: SweepPlan,
+                         batch_size: int) -> tuple[Any, dict[str, Any] | None]:
+        """What this chunk runs on, and the real-data check behind it (None on the model's own runtime).
+
+        The same first samples every attempt, whatever its resume position: a retried chunk
+        decides as its first attempt did, and its one record replaces the earlier one.
+        """
+        if self.forward is self.model:
+            return self.model, None
+        check = real_data.check_chunk(self.model, self.forward, images, rows, plan, batch_size=batch_size,
+                                      device=self.device, on_forward=lambda: self.send("alive"))
+        return (self.forward if check["agrees"] else self.model), check
 
     def _progress(self, done: int) -> None:
         self.send("progress", done=int(done))
