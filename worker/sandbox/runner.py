@@ -68,7 +68,8 @@ class Runner:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
         self.model = self.forward = model
-        if fields.get("backend") == backends.ONNXRUNTIME and fields["format"] != "onnx":
+        # ONNX Runtime is a CPU candidate: a CUDA worker runs the model's own torch on the GPU.
+        if fields.get("backend") == backends.ONNXRUNTIME and fields["format"] != "onnx" and self.device.type == "cpu":
             example = backends.validation_batch(fields["input"], self.device)
             self.forward = backends.onnx_export(model, example, torch.get_num_threads())
         return {"num_parameters": count_parameters(model)}
