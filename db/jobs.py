@@ -383,6 +383,9 @@ def finish_evaluation(
             worst_dx=e["worst_shift"][0],
             worst_dy=e["worst_shift"][1],
             worst_probability=e["worst_probability"],
+            worst_angle=e["worst_transform"].get("angle"),
+            worst_scale=e["worst_transform"].get("scale"),
+            worst_brightness=e["worst_transform"].get("brightness"),
             flips=e["flips"],
         )
         for rank, e in enumerate(examples)

@@ -105,8 +105,9 @@ def classes(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/examples")
-@operation("The samples that break most easily, each at the shift least confident in its label "
-           "(the 1,000 most fragile are kept), a page at a time",
+@operation("The samples that break most easily, each at the transform least confident in its label "
+           "(worst_transform: its dx, dy and, in sweeps beyond translation, angle, scale and brightness; "
+           "the 1,000 most fragile are kept), a page at a time",
            query=ExamplesQuery,
            responses={200: Reply("most flips first", responses.ExampleRows), 409: "not succeeded yet"})
 def examples(evaluation_id: str):
@@ -129,8 +130,9 @@ def layer_profile(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/report.html")
-@operation("One self-contained HTML report (pictures inline, nothing fetched): summary, heatmap, per class, "
-           "fragile samples as images, the sweep and the model's identity",
+@operation("One self-contained HTML report (pictures inline, nothing fetched): summary, heatmap, the curves and "
+           "marginals of a sweep beyond translation, per class, fragile samples as images under their worst "
+           "transform, the sweep and the model's identity",
            responses={200: Reply("the report", media_type="text/html"), 409: "not succeeded yet"})
 def html_report(evaluation_id: str):
     with session_scope() as session:

@@ -367,9 +367,17 @@ def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: in
         {"index": r.sample_index, "file": files[r.sample_index] if files else None, "label": r.label,
          "class_name": names.class_name(r.label), "clean_prediction": r.clean_prediction,
          "worst_prediction": r.worst_prediction, "worst_shift": [plain(r.worst_dx), plain(r.worst_dy)],
-         "worst_probability": r.worst_probability, "flips": r.flips}
+         "worst_transform": _worst_transform(r), "worst_probability": r.worst_probability, "flips": r.flips}
         for r in rows
     ], next_cursor
+
+
+def _worst_transform(r: ExampleResult) -> dict[str, float]:
+    """The worst transform by axis, as the sweep's rows show one: angle, scale and brightness when it has them."""
+    transform = {"dx": plain(r.worst_dx), "dy": plain(r.worst_dy)}
+    if r.worst_angle is not None:
+        transform.update(angle=plain(r.worst_angle), scale=plain(r.worst_scale), brightness=plain(r.worst_brightness))
+    return transform
 
 
 def example_results(session: Session, tenant_id: str, evaluation_id: str, limit: int) -> list[dict[str, Any]]:
