@@ -240,10 +240,11 @@ class ResultsPage(Strict):
 
 
 class ExamplesQuery(Strict):
-    """Query of GET /v1/evaluations/{id}/examples: most flips first."""
+    """Query of GET /v1/evaluations/{id}/examples: most flips first; `format=csv` is always every kept sample."""
 
     limit: int = Field(default=20, ge=1, le=MAX_RESULT_PAGE)
     cursor: str | None = Field(default=None, max_length=500, description=CURSOR_DOC)
+    format: Literal["json", "csv"] = "json"
 
 
 class ShiftsQuery(ResultsPage):

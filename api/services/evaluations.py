@@ -380,6 +380,27 @@ def _worst_transform(r: ExampleResult) -> dict[str, float]:
     return transform
 
 
+# The CSV of /examples: worst_transform flattened into worst_* columns in its order (angle, scale and
+# brightness after worst_dy in sweeps that have them); worst_shift would repeat worst_dx and worst_dy.
+EXAMPLE_COLUMNS = ("index", "file", "label", "class_name", "clean_prediction", "worst_prediction", "worst_dx",
+                   "worst_dy", "worst_probability", "flips")
+
+
+def example_table(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
+    """Every stored fragile sample as one flat row, most flips first."""
+    rows, _ = example_page(session, tenant_id, evaluation_id, None, None)
+    flat = []
+    for row in rows:
+        columns: dict[str, Any] = {}
+        for key, value in row.items():
+            if key == "worst_transform":
+                columns.update({f"worst_{axis}": v for axis, v in value.items()})
+            elif key != "worst_shift":
+                columns[key] = value
+        flat.append(columns)
+    return flat
+
+
 def example_results(session: Session, tenant_id: str, evaluation_id: str, limit: int) -> list[dict[str, Any]]:
     """The `limit` most fragile stored samples."""
     return example_page(session, tenant_id, evaluation_id, limit, None)[0]

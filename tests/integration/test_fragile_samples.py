@@ -4,6 +4,7 @@ scipy), and more than 100 samples, paged."""
 
 from __future__ import annotations
 
+import csv
 import io
 
 import numpy as np
@@ -175,3 +176,19 @@ def test_the_worst_transform_is_drawn_as_the_model_saw_it(fern, rotation):
         only_shift = png_pixels(fern.get(f"/v1/evaluations/{rotation['id']}/examples/{row['index']}.png",
                                          params={"dx": worst["dx"], "dy": worst["dy"]}))
         assert not np.array_equal(got, only_shift)  # the angle is drawn, not only the shift
+
+
+def test_the_examples_csv_flattens_the_worst_transform(fern, evaluation, rotation):
+    columns = ["index", "file", "label", "class_name", "clean_prediction", "worst_prediction", "worst_dx", "worst_dy"]
+    for done, axes in ((evaluation, []), (rotation, ["worst_angle", "worst_scale", "worst_brightness"])):
+        response = fern.get(f"/v1/evaluations/{done['id']}/examples", params={"format": "csv"})
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/csv"), response.text
+        table = list(csv.DictReader(io.StringIO(response.text)))
+        rows, _ = every_example(fern, done["id"], 1000)
+        assert list(table[0]) == columns + axes + ["worst_probability", "flips"] and len(table) == len(rows)
+        for line, row in zip(table, rows):
+            assert int(line["index"]) == row["index"] and int(line["flips"]) == row["flips"]
+            assert {axis: float(line[f"worst_{axis}"]) for axis in row["worst_transform"]} == row["worst_transform"]
+            assert float(line["worst_probability"]) == pytest.approx(row["worst_probability"], rel=1e-12)
+    paged = fern.get(f"/v1/evaluations/{rotation['id']}/examples", params={"format": "csv", "limit": 5})
+    assert paged.status_code == 400 and "whole table" in paged.json()["detail"]
