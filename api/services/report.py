@@ -17,8 +17,8 @@ from api.services import pictures as picture_service
 from api.services.pictures import SweepGeometry
 from api.services.evaluations import class_results, example_results, get_succeeded, marginal_page, warnings_by_id
 from api.services.layers import is_segmentation
-from db.blobs import blob_path
 from core.grid import AXES, IDENTITY, Transform, transform_of
+from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 
 # Fragile samples shown as pictures; each is a few hundred bytes for small images.

@@ -125,7 +125,8 @@ def test_a_rotation_report_holds_its_curves_and_worst_transforms(rosa, rotated):
     assert [(axis, float(value), float(accuracy), float(agreement), int(n)) for axis, value, accuracy, agreement, n in rows] \
         == [(m["axis"], m["value"], round(m["accuracy"], 4), round(m["agreement"], 4), m["n"]) for m in marginals]
     assert [m["axis"] for m in marginals] == ["angle"] * 5 + ["scale"] * 2
-    assert "<th>Angle</th>" in page and "<th>Scale</th>" in page
+    assert "<th>Angle</th>" in page and "<th>Scale</th>" in page and "none (dx = dy = 0)" in page
+    assert f"{rotated['summary']['num_samples']} samples × {5 * 2} transforms" in page
 
     examples = rosa.get(f"/v1/evaluations/{rotated['id']}/examples", params={"limit": 24}).json()["items"]
     assert examples, "the rotations must break some samples"
