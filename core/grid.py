@@ -8,6 +8,7 @@ shifts with the identity tail.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -22,6 +23,11 @@ AXES = ("angle", "scale", "brightness")
 _POSITION = {"dx": 0, "dy": 1, "angle": 2, "scale": 3, "brightness": 4}
 # Each axis's value in the identity transform, by name.
 IDENTITY_VALUES = dict(zip(_POSITION, IDENTITY))
+
+
+def transform_of(values: Mapping[str, float]) -> Transform:
+    """A transform from its values by axis name (as `Grid.named` gives them), the absent axes at identity."""
+    return tuple(float(values.get(name, identity)) for name, identity in IDENTITY_VALUES.items())  # type: ignore[return-value]
 
 
 class GridError(ValueError):
@@ -107,6 +113,14 @@ class Grid:
                 if j is not None:
                     pairs.append((i, j))
         return pairs
+
+    def named(self, transform: Transform) -> dict[str, float]:
+        """A transform by axis name, as rows and examples show it: dx and dy, and angle, scale and
+        brightness when the grid has any axis beyond translation (all three, so columns stay fixed)."""
+        dx, dy, angle, scale, brightness = transform
+        if not self.axes:
+            return {"dx": dx, "dy": dy}
+        return {"dx": dx, "dy": dy, "angle": angle, "scale": scale, "brightness": brightness}
 
     def to_json(self) -> list[list[float]]:
         """The rows as JSON: [dx, dy] pairs for a translation grid, else whole transforms."""

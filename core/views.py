@@ -1,8 +1,9 @@
-"""One image as the model sees it under a shift, in numpy alone (no torch), for the API's pictures.
+"""One image as the model sees it under a shift or a whole transform, in numpy alone (no torch), for the API's pictures.
 
 The engine shifts whole batches on the device (worker/engine/shifting.py); this is the
 same definition for a single image, so the API can show the exact pixels without torch.
-Both take the padding modes' source indices from `axis_index`.
+Both take the padding modes' source indices from `axis_index`, and rotations and scales
+from core/sampling.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from core import sampling
+from core.grid import Transform
 
 _NUMPY_PAD = {"circular": "wrap", "reflect": "reflect", "edge": "edge"}
 
@@ -64,6 +68,25 @@ def shifted_view(image: np.ndarray, dx: float, dy: float, padding: str, fill: fl
             if wx * wy:
                 mixed += integer(fx + ox, fy + oy).astype(np.float64) * (wx * wy)
     return mixed.astype(np.float32)
+
+
+def transformed_view(image: np.ndarray, transform: Transform, padding: str, fill: float,
+                     view_hw: tuple[int, int]) -> np.ndarray:
+    """uint8 H×W or H×W×C under a whole transform (dx, dy, angle, scale, brightness), as the engine builds it.
+
+    Without rotation or scale it is the shift's own path (`shifted_view`); otherwise the
+    image's sampling map (core/sampling.py). Brightness comes after the geometry, in float32.
+    """
+    dx, dy, angle, scale, brightness = transform
+    if angle == 0 and scale == 1:
+        view = shifted_view(image, dx, dy, padding, fill, view_hw)
+    else:
+        array = np.asarray(image)
+        pixels = (array[..., None] if array.ndim == 2 else array).astype(np.float32) / np.float32(255.0)
+        view = sampling.apply(pixels, fill, angle, scale, dx, dy, padding)
+    if brightness == 0:
+        return view
+    return np.clip(view + np.float32(brightness), np.float32(0), np.float32(1))
 
 
 def to_uint8(view: np.ndarray) -> np.ndarray:

@@ -390,6 +390,10 @@ def finish_evaluation(
             worst_dx=e["worst_shift"][0],
             worst_dy=e["worst_shift"][1],
             worst_probability=e["worst_probability"],
+            # A chunk tallied before worst_transform existed (an upgrade mid-sweep) records the shift alone.
+            worst_angle=e.get("worst_transform", {}).get("angle"),
+            worst_scale=e.get("worst_transform", {}).get("scale"),
+            worst_brightness=e.get("worst_transform", {}).get("brightness"),
             flips=e["flips"],
         )
         for rank, e in enumerate(examples)

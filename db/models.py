@@ -259,6 +259,10 @@ class ExampleResult(Base):
     worst_dy: Mapped[float] = mapped_column(Float)
     # The true label's probability at the worst shift; null for evaluations recorded before it was kept.
     worst_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The rest of the worst transform: null for translation sweeps (and those recorded before it was kept).
+    worst_angle: Mapped[float | None] = mapped_column(Float, nullable=True)
+    worst_scale: Mapped[float | None] = mapped_column(Float, nullable=True)
+    worst_brightness: Mapped[float | None] = mapped_column(Float, nullable=True)
     flips: Mapped[int] = mapped_column(Integer)
 
 

@@ -147,17 +147,20 @@ def reference_view(image: np.ndarray, dx: float, dy: float, mode: str, fill: flo
 def reference_worst_shifts(model, images, labels, grid, mode, fill, mean, std):
     """Per sample: its flips, and the grid position whose softmax gives the true label the least probability.
 
-    Each image is shifted alone, its views run through the model as one batch, the logits
-    turned into probabilities by scipy in float64, and the grid walked in order keeping the
-    first strict minimum. Returns one dict per sample: position, prediction and probability
-    at that position, clean prediction, flips (shifts predicting other than the clean view).
+    Each image is shifted alone (or, for a grid beyond translation, transformed by scipy's
+    affine_transform and brightened: `reference_transform`), its views run through the model
+    as one batch, the logits turned into probabilities by scipy in float64, and the grid
+    walked in row order keeping the first strict minimum. Returns one dict per sample:
+    position, prediction and probability at that position, clean prediction, flips
+    (transforms predicting other than the clean view).
     """
     from scipy.special import softmax
 
     floats = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
     out = []
     for image, label in zip(floats, labels):
-        views = [image] + [reference_view(image, dx, dy, mode, fill) for dx, dy in grid.shifts]
+        views = [image] + ([reference_transform(image, t, mode, fill) for t in grid.transforms] if grid.axes
+                           else [reference_view(image, dx, dy, mode, fill) for dx, dy in grid.shifts])
         x = (np.stack(views) - np.float32(mean)) / np.float32(std)
         with torch.no_grad():
             logits = model(torch.from_numpy(x.astype(np.float32))).double().numpy()

@@ -190,14 +190,26 @@ class ClassRows(BaseModel):
     next_cursor: str | None
 
 
+class WorstTransform(BaseModel):
+    """The transform of the grid least confident in the true label, by axis; its keys are the example view's query."""
+
+    dx: float
+    dy: float
+    angle: float | None = Field(default=None, description="present when the sweep goes beyond translation "
+                                "(as angle, scale and brightness are in its rows)")
+    scale: float | None = Field(default=None, description="present with angle")
+    brightness: float | None = Field(default=None, description="present with angle")
+
+
 class ExampleRow(BaseModel):
     index: int
     file: str | None = Field(description="the sample's path in its image folder (or an NPZ's files)")
     label: int
     class_name: str | None
     clean_prediction: int
-    worst_prediction: int  # the prediction at worst_shift
-    worst_shift: tuple[float, float]  # the grid shift least confident in the true label
+    worst_prediction: int  # the prediction at worst_transform
+    worst_shift: tuple[float, float] = Field(description="worst_transform's translation [dx, dy]")
+    worst_transform: WorstTransform
     worst_probability: float | None  # the true label's probability there (null if stored before it was kept)
     flips: int
 

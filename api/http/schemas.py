@@ -240,10 +240,11 @@ class ResultsPage(Strict):
 
 
 class ExamplesQuery(Strict):
-    """Query of GET /v1/evaluations/{id}/examples: most flips first."""
+    """Query of GET /v1/evaluations/{id}/examples: most flips first; `format=csv` is always every kept sample."""
 
     limit: int = Field(default=20, ge=1, le=MAX_RESULT_PAGE)
     cursor: str | None = Field(default=None, max_length=500, description=CURSOR_DOC)
+    format: Literal["json", "csv"] = "json"
 
 
 class ShiftsQuery(ResultsPage):
@@ -295,13 +296,23 @@ class SampleQuery(Strict):
 class ExampleViewQuery(Strict):
     """GET /v1/evaluations/{id}/examples/{index}.png: one sample as the model saw it under a transform.
 
-    Each axis of the transform is one query parameter, absent meaning the identity, so an
-    axis added later is one more field here. `zoom` only enlarges the picture (hard pixels).
+    Each axis of the transform is one query parameter, absent meaning the identity (an
+    example's `worst_transform` is such a query). `zoom` only enlarges the picture (hard pixels).
     """
 
     dx: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move right by dx pixels")
     dy: float = Field(default=0.0, ge=-10_000, le=10_000, allow_inf_nan=False, description="move down by dy pixels")
+    angle: float = Field(default=0.0, ge=-360, le=360, allow_inf_nan=False,
+                         description="rotate by degrees, counter-clockwise as displayed, about the centre")
+    scale: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False,
+                         description="enlarge the content (below 1: shrink it) about the centre")
+    brightness: float = Field(default=0.0, ge=-1, le=1, allow_inf_nan=False,
+                              description="add to the [0, 1] pixels, then clamp (after the geometry)")
     zoom: int = Field(default=1, ge=1, le=32, description="draw each pixel as a zoom×zoom square")
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float]:
+        return (self.dx, self.dy, self.angle, self.scale, self.brightness)
 
 
 class LeaderboardQuery(Strict):

@@ -58,6 +58,23 @@ def show(evaluation_id: str):
         return jsonify(evaluation_json(evaluation, evaluations.warnings_by_id(session, [evaluation])[evaluation.id]))
 
 
+def _check_whole_table() -> None:
+    """format=csv is the whole table: `limit` and `cursor` page only the JSON."""
+    if {"limit", "cursor"} & set(request.args):
+        raise BadRequest("format=csv is always the whole table in one file; leave out 'limit' and 'cursor' "
+                         "(they page the JSON)", errors=[{"field": "format", "message": "csv takes no paging"}])
+
+
+def _csv(rows: list[dict], empty_columns: list[str], filename: str) -> Response:
+    """Rows as one CSV file, its columns the first row's keys."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else empty_columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f"attachment; filename={filename}"})
+
+
 @bp.get("/<evaluation_id>/shifts")
 @operation("Per-shift accuracy and agreement in grid order, a page at a time (or every row with ?format=csv)",
            query=ShiftsQuery,
@@ -65,19 +82,11 @@ def show(evaluation_id: str):
 def shifts(evaluation_id: str):
     query = parse(ShiftsQuery, request.args.to_dict(), "query")
     if query.format == "csv":
-        if {"limit", "cursor"} & set(request.args):
-            raise BadRequest("format=csv is always the whole table in one file; leave out 'limit' and 'cursor' "
-                             "(they page the JSON)", errors=[{"field": "format", "message": "csv takes no paging"}])
+        _check_whole_table()
         with session_scope() as session:
             rows = evaluations.shift_results(session, current_tenant(), evaluation_id)
-        out = io.StringIO()
         # Segmentation rows carry their dense metrics after the classification columns.
-        fieldnames = list(rows[0]) if rows else ["dx", "dy", "accuracy", "agreement", "correct", "n"]
-        writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return Response(out.getvalue(), mimetype="text/csv",
-                        headers={"Content-Disposition": f"attachment; filename={evaluation_id}-shifts.csv"})
+        return _csv(rows, ["dx", "dy", "accuracy", "agreement", "correct", "n"], f"{evaluation_id}-shifts.csv")
     with session_scope() as session:
         rows, cursor = evaluations.shift_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
     return jsonify(items=rows, next_cursor=cursor)
@@ -105,12 +114,20 @@ def classes(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/examples")
-@operation("The samples that break most easily, each at the shift least confident in its label "
-           "(the 1,000 most fragile are kept), a page at a time",
+@operation("The samples that break most easily, each at the transform least confident in its label "
+           "(worst_transform: its dx, dy and, in sweeps beyond translation, angle, scale and brightness; "
+           "the 1,000 most fragile are kept), a page at a time (or all with ?format=csv: worst_transform as "
+           "worst_dx, worst_dy, … columns)",
            query=ExamplesQuery,
-           responses={200: Reply("most flips first", responses.ExampleRows), 409: "not succeeded yet"})
+           responses={200: Reply("most flips first", responses.ExampleRows, also=("text/csv",)),
+                      409: "not succeeded yet"})
 def examples(evaluation_id: str):
     query = parse(ExamplesQuery, request.args.to_dict(), "query")
+    if query.format == "csv":
+        _check_whole_table()
+        with session_scope() as session:
+            rows = evaluations.example_table(session, current_tenant(), evaluation_id)
+        return _csv(rows, list(evaluations.EXAMPLE_COLUMNS), f"{evaluation_id}-examples.csv")
     with session_scope() as session:
         rows, cursor = evaluations.example_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
     return jsonify(items=rows, next_cursor=cursor)
@@ -129,8 +146,9 @@ def layer_profile(evaluation_id: str):
 
 
 @bp.get("/<evaluation_id>/report.html")
-@operation("One self-contained HTML report (pictures inline, nothing fetched): summary, heatmap, per class, "
-           "fragile samples as images, the sweep and the model's identity",
+@operation("One self-contained HTML report (pictures inline, nothing fetched): summary, heatmap, the curves and "
+           "marginals of a sweep beyond translation, per class, fragile samples as images under their worst "
+           "transform, the sweep and the model's identity",
            responses={200: Reply("the report", media_type="text/html"), 409: "not succeeded yet"})
 def html_report(evaluation_id: str):
     with session_scope() as session:

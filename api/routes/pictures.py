@@ -52,11 +52,13 @@ def compare(evaluation_id: str):
 
 
 @bp.get("/evaluations/<evaluation_id>/examples/<int:index>.png")
-@operation("Sample `index` of the evaluation's dataset as its model saw it under the shift (dx, dy), as a PNG: "
-           "the evaluation's padding and fill (and crop window), before normalization",
+@operation("Sample `index` of the evaluation's dataset as its model saw it under the transform (dx, dy, angle, "
+           "scale, brightness; an example's worst_transform), as a PNG: the evaluation's padding and fill (and "
+           "crop window), before normalization",
            query=ExampleViewQuery, tag="evaluations",
-           responses={200: Reply("the shifted image", media_type="image/png"),
-                      404: "no such evaluation, or no such sample", 422: "the shift does not fit the image"})
+           responses={200: Reply("the transformed image", media_type="image/png"),
+                      404: "no such evaluation, or no such sample",
+                      422: "the shift does not fit the image, or crop padding with an angle or scale"})
 def example_view(evaluation_id: str, index: int):
     query = parse(ExampleViewQuery, request.args.to_dict(), "query")
     with session_scope() as session:

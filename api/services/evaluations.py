@@ -367,9 +367,38 @@ def example_page(session: Session, tenant_id: str, evaluation_id: str, limit: in
         {"index": r.sample_index, "file": files[r.sample_index] if files else None, "label": r.label,
          "class_name": names.class_name(r.label), "clean_prediction": r.clean_prediction,
          "worst_prediction": r.worst_prediction, "worst_shift": [plain(r.worst_dx), plain(r.worst_dy)],
-         "worst_probability": r.worst_probability, "flips": r.flips}
+         "worst_transform": _worst_transform(r), "worst_probability": r.worst_probability, "flips": r.flips}
         for r in rows
     ], next_cursor
+
+
+def _worst_transform(r: ExampleResult) -> dict[str, float]:
+    """The worst transform by axis, as the sweep's rows show one: angle, scale and brightness when it has them."""
+    transform = {"dx": plain(r.worst_dx), "dy": plain(r.worst_dy)}
+    if r.worst_angle is not None:
+        transform.update(angle=plain(r.worst_angle), scale=plain(r.worst_scale), brightness=plain(r.worst_brightness))
+    return transform
+
+
+# The CSV of /examples: worst_transform flattened into worst_* columns in its order (angle, scale and
+# brightness after worst_dy in sweeps that have them); worst_shift would repeat worst_dx and worst_dy.
+EXAMPLE_COLUMNS = ("index", "file", "label", "class_name", "clean_prediction", "worst_prediction", "worst_dx",
+                   "worst_dy", "worst_probability", "flips")
+
+
+def example_table(session: Session, tenant_id: str, evaluation_id: str) -> list[dict[str, Any]]:
+    """Every stored fragile sample as one flat row, most flips first."""
+    rows, _ = example_page(session, tenant_id, evaluation_id, None, None)
+    flat = []
+    for row in rows:
+        columns: dict[str, Any] = {}
+        for key, value in row.items():
+            if key == "worst_transform":
+                columns.update({f"worst_{axis}": v for axis, v in value.items()})
+            elif key != "worst_shift":
+                columns[key] = value
+        flat.append(columns)
+    return flat
 
 
 def example_results(session: Session, tenant_id: str, evaluation_id: str, limit: int) -> list[dict[str, Any]]:

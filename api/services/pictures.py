@@ -17,8 +17,8 @@ from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, marginal_page, shift_results
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
-from core.grid import IDENTITY_VALUES, GridError, build_grid, check_grid_fits
-from core.views import shifted_view, to_uint8
+from core.grid import AXES, IDENTITY_VALUES, GridError, Transform, build_sweep_grid, check_grid_fits
+from core.views import to_uint8, transformed_view
 
 
 def _names(session: Session, evaluation: Evaluation) -> tuple[str, str]:
@@ -128,7 +128,7 @@ def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query:
 
 @dataclass(frozen=True)
 class SweepGeometry:
-    """What decides how an evaluation's model saw a sample under a shift."""
+    """What decides how an evaluation's model saw a sample under a transform."""
 
     padding: str
     fill: float
@@ -141,20 +141,27 @@ class SweepGeometry:
         return cls(evaluation.request["padding"], float(evaluation.request["fill"]),
                    (dataset.height, dataset.width), (model.input_spec["height"], model.input_spec["width"]))
 
-    def png(self, image: np.ndarray, dx: float, dy: float, zoom: int) -> bytes:
-        """The image under (dx, dy) before normalization, rounded to 0–255, as a PNG; 422 if the shift cannot apply."""
+    def png(self, image: np.ndarray, transform: Transform, zoom: int) -> bytes:
+        """The image under a transform before normalization, rounded to 0–255, as a PNG; 422 if it cannot apply."""
+        dx, dy = transform[:2]
+        # Only the axes away from their identity, so `crop` takes angle 0 and scale 1 (its sweeps do).
+        axes = {name: {"list": [value]} for name, value in zip(AXES, transform[2:]) if value != IDENTITY_VALUES[name]}
         try:
-            check_grid_fits(build_grid({"list": [[dx, dy]]}), self.padding, self.image_hw, self.input_hw)
+            check_grid_fits(build_sweep_grid({"shifts": {"list": [[dx, dy]]}, **axes}), self.padding,
+                            self.image_hw, self.input_hw)
         except GridError as exc:
-            raise Unprocessable(f"{exc}; choose dx and dy within that range",
-                                errors=[{"field": "dx", "message": str(exc)}]) from None
-        view = shifted_view(image, dx, dy, self.padding, self.fill, self.input_hw)
+            # `crop` refuses any rotation or scale; every other refusal is about the shift.
+            geometric = [name for name in axes if name in ("angle", "scale")]
+            field = geometric[0] if self.padding == "crop" and geometric else "dx"
+            raise Unprocessable(f"{exc}; choose a transform the sweep could take",
+                                errors=[{"field": field, "message": str(exc)}]) from None
+        view = transformed_view(image, transform, self.padding, self.fill, self.input_hw)
         return drawing.sample_png(to_uint8(view), zoom)
 
 
 def example_view(session: Session, tenant_id: str, evaluation_id: str, index: int, query: ExampleViewQuery) -> bytes:
-    """Sample `index` of an evaluation's dataset as its model saw it under the query's shift, as a PNG."""
+    """Sample `index` of an evaluation's dataset as its model saw it under the query's transform, as a PNG."""
     evaluation = get_evaluation(session, tenant_id, evaluation_id)
     geometry = SweepGeometry.of(session, evaluation)
-    return geometry.png(_image(session, session.get(Dataset, evaluation.dataset_id), index), query.dx, query.dy,
+    return geometry.png(_image(session, session.get(Dataset, evaluation.dataset_id), index), query.transform,
                         query.zoom)

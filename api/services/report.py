@@ -15,8 +15,9 @@ from api.http.serializers import dataset_json, iso, model_json
 from api.http.settings import current_settings
 from api.services import pictures as picture_service
 from api.services.pictures import SweepGeometry
-from api.services.evaluations import class_results, example_results, get_succeeded, warnings_by_id
+from api.services.evaluations import class_results, example_results, get_succeeded, marginal_page, warnings_by_id
 from api.services.layers import is_segmentation
+from core.grid import AXES, IDENTITY, Transform, transform_of
 from db.blobs import blob_path
 from db.models import Dataset, Evaluation, Model
 
@@ -32,20 +33,42 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
+def transform_text(transform: dict[str, float]) -> str:
+    """A worst transform in words: "(dx, dy)", then its angle, scale and brightness where they move the image."""
+    parts = [f"({transform['dx']}, {transform['dy']})"]
+    if transform.get("angle", 0) != 0:
+        parts.append(f"{transform['angle']}°")
+    if transform.get("scale", 1) != 1:
+        parts.append(f"×{transform['scale']}")
+    if transform.get("brightness", 0) != 0:
+        parts.append(f"brightness {transform['brightness']:+}")
+    return ", ".join(parts)
+
+
 def _samples(session: Session, evaluation: Evaluation, dataset: Dataset | None,
              examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each sample as the model saw it: unshifted, and at its worst shift."""
+    """Each sample as the model saw it: untransformed, and under its whole worst transform."""
+    examples = [{**example, "worst_text": transform_text(example["worst_transform"])} for example in examples]
     if dataset is None or not examples:
         return examples
     images = np.load(blob_path(session, dataset.images_blob, current_settings().cache_dir), mmap_mode="r")
     geometry = SweepGeometry.of(session, evaluation)
     zoom = max(1, min(SAMPLE_SCALE, 64 // max(geometry.input_hw)))
 
-    def picture(example: dict[str, Any], dx: float, dy: float) -> str:
-        return data_uri(geometry.png(np.asarray(images[example["index"]]), dx, dy, zoom))
+    def picture(example: dict[str, Any], transform: Transform) -> str:
+        return data_uri(geometry.png(np.asarray(images[example["index"]]), transform, zoom))
 
-    return [{**example, "picture": picture(example, 0, 0), "worst_picture": picture(example, *example["worst_shift"])}
+    return [{**example, "picture": picture(example, IDENTITY),
+             "worst_picture": picture(example, transform_of(example["worst_transform"]))}
             for example in examples]
+
+
+def _curves(session: Session, tenant_id: str, evaluation: Evaluation) -> dict[str, Any] | None:
+    """The marginals beside translation as GET …/curves.png draws them, and their rows; None for a shift sweep."""
+    if not any(evaluation.request.get(axis) for axis in AXES):
+        return None
+    rows, _ = marginal_page(session, tenant_id, evaluation.id, None, None)
+    return {"picture": data_uri(picture_service.curves(session, tenant_id, evaluation.id)), "rows": rows}
 
 
 def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> str:
@@ -66,8 +89,10 @@ def evaluation_report(session: Session, tenant_id: str, evaluation_id: str) -> s
         model_name=model_name, dataset_name=dataset_name,
         metrics=[(label, summary.get(key)) for key, label in METRICS],
         summary=summary, warnings=warnings_by_id(session, [evaluation])[evaluation.id],
-        sweep={key: evaluation.request.get(key) for key in ("shifts", "padding", "fill", "max_samples", "seed")},
+        sweep={key: evaluation.request.get(key)
+               for key in ("shifts", *AXES, "padding", "fill", "max_samples", "seed")},
         heatmap=data_uri(heatmap) if heatmap else None,
+        curves=_curves(session, tenant_id, evaluation),
         classes=[] if segmentation else class_results(session, tenant_id, evaluation_id),
         examples=[] if segmentation else _samples(session, evaluation, dataset, example_results(
             session, tenant_id, evaluation_id, REPORT_EXAMPLES)),

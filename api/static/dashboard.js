@@ -209,19 +209,32 @@ async function showResults(e, models) {
   await compareChoices(e, models);
 }
 
-// Each sample twice, as the model saw it: unshifted, and at the shift least confident in its label.
+// A worst transform in words, as the HTML report writes it: "(dx, dy)", then what else moves the image.
+function transformText(t) {
+  const parts = [`(${t.dx}, ${t.dy})`];
+  if ((t.angle ?? 0) !== 0) parts.push(`${t.angle}°`);
+  if ((t.scale ?? 1) !== 1) parts.push(`×${t.scale}`);
+  if ((t.brightness ?? 0) !== 0) parts.push(`brightness ${t.brightness > 0 ? "+" : ""}${t.brightness}`);
+  return parts.join(", ");
+}
+
+// Each sample twice, as the model saw it: untransformed, and under the transform least confident in its label
+// (worst_transform's keys are the picture's query: dx, dy, and angle, scale, brightness where the sweep has them).
 async function fragileSamples(e, s, dataset) {
   const zoom = Math.max(1, Math.min(16, Math.ceil(48 / Math.max(dataset.height, dataset.width))));
   const gallery = document.getElementById("examples");
   const more = document.getElementById("examples-more");
-  const view = (x, dx, dy, label) => {
-    const img = el("img", { class: "sample", alt: `sample ${x.index} ${label}`, "data-dx": dx, "data-dy": dy });
-    return { img, path: `/v1/evaluations/${e.id}/examples/${x.index}.png?dx=${dx}&dy=${dy}&zoom=${zoom}` };
+  const moves = TRANSFORM_AXES.some((axis) => e.request[axis]) ? "transforms" : "shifts";
+  const view = (x, transform, label) => {
+    const img = el("img", { class: "sample", alt: `sample ${x.index} ${label}`, "data-dx": transform.dx, "data-dy": transform.dy });
+    const query = Object.entries(transform).map(([axis, value]) => `${axis}=${value}`).join("&");
+    return { img, path: `/v1/evaluations/${e.id}/examples/${x.index}.png?${query}&zoom=${zoom}` };
   };
   const load = async (cursor) => {
     const page = await api(`/v1/evaluations/${e.id}/examples?limit=12${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
     const figures = page.items.map((x) => {
-      const clean = view(x, 0, 0, "unshifted"), worst = view(x, ...x.worst_shift, `at (${x.worst_shift.join(", ")})`);
+      const where = transformText(x.worst_transform);
+      const clean = view(x, { dx: 0, dy: 0 }, "unshifted"), worst = view(x, x.worst_transform, `at ${where}`);
       // Two significant digits: a badly broken sample's probability is often far below 0.1%.
       const confidence = x.worst_probability === null ? "" : ` · p(label) ${x.worst_probability.toPrecision(2)}`;
       const figure = el("figure", { class: "example", "data-index": x.index },
@@ -229,8 +242,8 @@ async function fragileSamples(e, s, dataset) {
         el("figcaption", {},
           el("div", { text: `#${x.index} · label ${x.label}` }),
           el("div", { class: "muted", text: `clean → ${x.clean_prediction}` }),
-          el("div", { class: x.worst_prediction !== x.label ? "bad" : "", text: `worst → ${x.worst_prediction} at (${x.worst_shift.join(", ")})${confidence}` }),
-          el("div", { class: "muted", text: `${x.flips} of ${s.num_shifts} shifts flip` })));
+          el("div", { class: x.worst_prediction !== x.label ? "bad" : "", text: `worst → ${x.worst_prediction} at ${where}${confidence}` }),
+          el("div", { class: "muted", text: `${x.flips} of ${s.num_shifts} ${moves} flip` })));
       return { figure, views: [clean, worst] };
     });
     gallery.append(...figures.map((f) => f.figure));
@@ -240,7 +253,7 @@ async function fragileSamples(e, s, dataset) {
     return page.items.length;
   };
   gallery.replaceChildren();
-  if (!(await load(null))) gallery.append(el("p", { class: "muted", text: "No sample changes its prediction under any shift." }));
+  if (!(await load(null))) gallery.append(el("p", { class: "muted", text: `No sample changes its prediction under any of the ${moves}.` }));
 }
 
 async function compareChoices(e, models) {

@@ -90,6 +90,59 @@ def test_report_is_self_contained_and_holds_the_figures(rosa, done):
     for picture, (dx, dy) in zip(pictures[:2], [(0, 0), examples[0]["worst_shift"]]):
         served = rosa.get(base, params={"dx": dx, "dy": dy, "zoom": 8})
         assert np.array_equal(png_pixels(picture["src"]), np.asarray(Image.open(io.BytesIO(served.content)).convert("RGB")))
+    # A translation sweep has no curves beyond its heatmap.
+    assert 'id="curves"' not in page and 'id="marginals"' not in page
+
+
+ROTATION = {"angle": {"range": [-30, 30], "step": 15}, "scale": {"list": [0.9, 1.1]}}
+
+
+@pytest.fixture(scope="module")
+def rotated(rosa, done) -> dict:
+    evaluation = rosa.post("/v1/evaluations", json={
+        "model_id": "report-cnn", "dataset_id": "digits", **ROTATION, "max_samples": 200, "seed": 5}).json()
+    finished = rosa.wait_evaluation(evaluation["id"])
+    assert finished["status"] == "succeeded", finished
+    return finished
+
+
+def served_pixels(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def test_a_rotation_report_holds_its_curves_and_worst_transforms(rosa, rotated):
+    page = rosa.get(f"/v1/evaluations/{rotated['id']}/report.html").text
+    links = Links()
+    links.feed(page)
+    assert links.urls and all(url.startswith("data:") for url in links.urls), links.urls
+    curves = next(img for img in links.images if img.get("id") == "curves")
+    assert np.array_equal(png_pixels(curves["src"]), served_pixels(rosa.get(f"/v1/evaluations/{rotated['id']}/curves.png")))
+    marginals = rosa.get(f"/v1/evaluations/{rotated['id']}/marginals").json()["items"]
+    table = page[page.index('<table id="marginals">'):]
+    rows = re.findall(r"<tr><td>(\w+)</td><td class=\"num\">([-\d.]+)</td><td class=\"num\">([\d.]+)</td>"
+                      r"<td class=\"num\">([\d.]+)</td><td class=\"num\">(\d+)</td></tr>", table[:table.index("</table>")])
+    assert [(axis, float(value), float(accuracy), float(agreement), int(n)) for axis, value, accuracy, agreement, n in rows] \
+        == [(m["axis"], m["value"], round(m["accuracy"], 4), round(m["agreement"], 4), m["n"]) for m in marginals]
+    assert [m["axis"] for m in marginals] == ["angle"] * 5 + ["scale"] * 2
+    assert "<th>Angle</th>" in page and "<th>Scale</th>" in page and "none (dx = dy = 0)" in page
+    assert f"{rotated['summary']['num_samples']} samples × {5 * 2} transforms" in page
+
+    examples = rosa.get(f"/v1/evaluations/{rotated['id']}/examples", params={"limit": 24}).json()["items"]
+    assert examples, "the rotations must break some samples"
+    pictures = {img["alt"]: img["src"] for img in links.images if img.get("alt", "").startswith("sample ")}
+    for example in examples:
+        worst = example["worst_transform"]
+        assert worst["angle"] in (-30, -15, 0, 15, 30) and worst["scale"] in (0.9, 1.1), worst
+        words = f"({worst['dx']}, {worst['dy']})" + (f", {worst['angle']}°" if worst["angle"] else "") \
+            + f", ×{worst['scale']}"
+        assert f"worst {example['worst_prediction']} at {words}" in page
+        # The report's picture is the example view under the whole worst transform (its keys are the query).
+        served = served_pixels(rosa.get(f"/v1/evaluations/{rotated['id']}/examples/{example['index']}.png",
+                                        params={**worst, "zoom": 8}))
+        assert np.array_equal(png_pixels(pictures[f"sample {example['index']} at {words}"]), served)
+        clean = png_pixels(pictures[f"sample {example['index']}"])
+        assert not np.array_equal(served, clean)  # a scale of 0.9 or 1.1 always moves the digit
 
 
 def test_shiftscore_report_saves_the_same_page(pg_stack, rosa, done, tmp_path):

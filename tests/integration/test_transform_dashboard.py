@@ -66,3 +66,42 @@ def test_the_evaluation_page_shows_a_rotation_sweep(pg_stack, dana, rotation, br
 
     Select(driver.find_element(By.ID, "heatmap-y")).select_by_value("dy")
     wait_for(driver, lambda d: d.find_element(By.ID, "heatmap").get_attribute("data-path").endswith("x=angle&y=dy"))
+
+
+def test_fragile_samples_show_the_whole_worst_transform(pg_stack, dana, rotation, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    sign_in(driver, f"{pg_stack.url}/dashboard/evaluations/{rotation['id']}", dana.headers["Authorization"][7:])
+    loaded = ("const imgs = [...document.querySelectorAll('#examples figure img')];"
+              "return imgs.length > 0 && imgs.every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)")
+    wait_for(driver, lambda d: d.execute_script(loaded))
+    stored = dana.get(f"/v1/evaluations/{rotation['id']}/examples", params={"limit": 12}).json()["items"]
+    figures = driver.find_elements(By.CSS_SELECTOR, "#examples figure")
+    assert len(figures) == len(stored) > 0
+    base = f"/v1/evaluations/{rotation['id']}/examples"
+    for figure, x in zip(figures, stored):
+        worst = x["worst_transform"]
+        assert worst["angle"] in (-45, -30, -15, 0, 15, 30, 45), worst
+        paths = [img.get_attribute("data-path") for img in figure.find_elements(By.CSS_SELECTOR, "img")]
+        zoom = paths[0].rsplit("zoom=", 1)[1]
+        query = "&".join(f"{axis}={worst[axis]}" for axis in ("dx", "dy", "angle", "scale", "brightness"))
+        assert paths[1] == f"{base}/{x['index']}.png?{query}&zoom={zoom}"
+        where = f"({worst['dx']}, {worst['dy']})" + (f", {worst['angle']}°" if worst["angle"] else "")
+        assert f"worst → {x['worst_prediction']} at {where} · p(label)" in figure.text, figure.text
+        assert f"of {rotation['summary']['num_shifts']} transforms flip" in figure.text
+    # The worst view on the page is the API's picture under the whole transform.
+    turned = next((i for i, x in enumerate(stored) if x["worst_transform"]["angle"]), 0)
+    shown = driver.execute_script("""
+        const img = document.querySelectorAll('#examples figure')[arguments[0]].querySelectorAll('img')[1];
+        const canvas = document.createElement('canvas');
+        canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+        const context = canvas.getContext('2d');
+        context.drawImage(img, 0, 0);
+        return [canvas.width, canvas.height, [...context.getImageData(0, 0, canvas.width, canvas.height).data]];""",
+                                  turned)
+    zoom = int(figures[turned].find_elements(By.CSS_SELECTOR, "img")[1].get_attribute("data-path").rsplit("=", 1)[1])
+    expected = png(dana.get(f"{base}/{stored[turned]['index']}.png", params={**stored[turned]["worst_transform"],
+                                                                           "zoom": zoom}))
+    width, height, rgba = shown
+    assert np.array_equal(np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3], expected)

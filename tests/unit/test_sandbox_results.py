@@ -7,13 +7,13 @@ import copy
 import numpy as np
 import pytest
 
-from core.grid import build_grid
+from core.grid import build_grid, build_sweep_grid
 from worker.engine.tally import MAX_EXAMPLES, Tally
 from worker.sandbox import protocol, results
 
 
-def real_tally() -> dict:
-    grid = build_grid({"dx": [-1, 1], "dy": [0, 0], "step": 1})
+def real_tally(grid=None) -> dict:
+    grid = grid or build_grid({"dx": [-1, 1], "dy": [0, 0], "step": 1})
     rng = np.random.default_rng(0)
     predictions = rng.integers(0, 3, (5, grid.size))
     tally = Tally(num_shifts=grid.size)
@@ -25,6 +25,14 @@ def real_tally() -> dict:
 
 def test_a_real_tally_passes():
     results.check_chunk_tally(real_tally(), "classification", 3, 5, layers=False)
+
+
+def test_a_real_rotation_tally_passes_with_its_whole_worst_transform():
+    grid = build_sweep_grid({"angle": {"list": [-10, 10, 20]}})
+    tally = real_tally(grid)
+    assert tally["examples"] and all(set(e["worst_transform"]) == {"dx", "dy", "angle", "scale", "brightness"}
+                                     and e["worst_transform"]["angle"] in (-10, 10, 20) for e in tally["examples"])
+    results.check_chunk_tally(tally, "classification", 3, 5, layers=False)
 
 
 FORGERIES = {
@@ -45,6 +53,15 @@ FORGERIES = {
     "a negative confidence": lambda t: t["examples"][0].update(worst_probability=-0.1),
     "a confidence that is text": lambda t: t["examples"][0].update(worst_probability="0.5"),
     "a confidence that is NaN": lambda t: t["examples"][0].update(worst_probability=float("nan")),
+    "an example without its transform": lambda t: t["examples"][0].pop("worst_transform"),
+    "a transform that is a list": lambda t: t["examples"][0].update(worst_transform=[0, 0]),
+    "a transform with half the axes": lambda t: t["examples"][0]["worst_transform"].update(angle=5),
+    "a transform with an unknown axis": lambda t: t["examples"][0]["worst_transform"].update(
+        angle=5, scale=1, brightness=0, shear=2),
+    "a transform elsewhere than worst_shift": lambda t: t["examples"][0]["worst_transform"].update(dx=9),
+    "an infinite angle": lambda t: t["examples"][0]["worst_transform"].update(
+        angle=float("inf"), scale=1, brightness=0),
+    "an angle that is text": lambda t: t["examples"][0]["worst_transform"].update(angle="5", scale=1, brightness=0),
     "a layer profile nobody asked for": lambda t: t.update(layers={}),
     "not an object": lambda t: t.clear(),
 }

@@ -10,7 +10,8 @@ from scipy import ndimage
 from tests.reference import SCIPY_MODES, reference_transform, reference_transform_metrics
 from worker.architectures import build
 from worker.engine.driver import ChunkViews
-from core.grid import GridError, build_sweep_grid, check_grid_fits
+from core.grid import GridError, build_sweep_grid, check_grid_fits, transform_of
+from core.views import transformed_view
 from core.marginals import marginal_rows
 from worker.engine.metrics import shift_rows, summary
 from worker.engine.plan import SweepPlan
@@ -284,6 +285,41 @@ def test_the_worst_transform_is_the_least_probable_over_every_axis():
     assert tally.examples, "the random model must flip some samples"
     for example in tally.examples:
         worst = grid.transforms[int(np.argmin(true[example["index"]]))]
-        # worst_shift is the translation of the least probable transform, whichever axis moved.
+        # worst_transform is the whole least probable transform; worst_shift its translation.
         assert tuple(example["worst_shift"]) == worst[:2]
+        assert example["worst_transform"] == dict(zip(("dx", "dy", "angle", "scale", "brightness"), worst))
+        assert transform_of(example["worst_transform"]) == worst in grid.transforms
         assert example["worst_probability"] == pytest.approx(float(np.exp(true[example["index"]].min())), rel=1e-9)
+        # The transform it names reproduces the worst prediction, through the reference's own pixels.
+        batch = reference(pixels[example["index"]:example["index"] + 1], worst, "reflect", 0.0)
+        with torch.no_grad():
+            again = model(torch.from_numpy((batch - np.float32(0.2)) / np.float32(0.4))).argmax(dim=1)
+        assert int(again[0]) == example["worst_prediction"]
+
+
+def test_a_translation_sweeps_worst_transform_is_its_shift_alone():
+    grid = build_sweep_grid({"shifts": {"dx": [-1, 1], "dy": [0, 1], "step": 0.5}})
+    assert grid.named(grid.transforms[3]) == {"dx": 0.5, "dy": 0.0}
+    assert transform_of({"dx": 0.5, "dy": 0}) == (0.5, 0.0, 0.0, 1.0, 0.0)
+    rotation = build_sweep_grid({"angle": {"list": [-10, 10]}})
+    assert rotation.named(rotation.transforms[1]) == {"dx": 0.0, "dy": 0.0, "angle": 10.0, "scale": 1.0,
+                                                      "brightness": 0.0}
+
+
+VIEWS = [(0, 0, 0, 1, 0), (2, -1, 0, 1, 0), (0.5, -1.25, 0, 1, 0), (0, 0, 30, 1, 0), (1.5, -2, 17, 0.8, 0),
+         (0, 0, 90, 1, 0.2), (1, 0, -45, 1.3, -0.3), (0.5, 0, 0, 1, 0.6), (2, -1, 0, 1, -0.4), *RANDOM[:4]]
+
+
+@pytest.mark.parametrize("padding", MODES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_apis_view_of_a_transform_is_the_engines_bit_for_bit(padding, channels):
+    """core.views (numpy, for the API's pictures) builds the very pixels the engine feeds the model."""
+    levels = np.random.default_rng(6).integers(0, 256, (9, 11, channels), dtype=np.uint8)
+    images = (levels.astype(np.float32) / np.float32(255)).transpose(2, 0, 1)[None]
+    chunk = views(images, padding, 0.3)
+    image = levels[..., 0] if channels == 1 else levels  # an H×W grayscale image, as datasets store one
+    for transform in VIEWS:
+        want = chunk.view(*transform).numpy()[0].transpose(1, 2, 0)
+        got = transformed_view(image, transform, padding, 0.3, (9, 11))
+        assert got.dtype == np.float32 and got.shape == want.shape, transform
+        np.testing.assert_array_equal(got, want, err_msg=str(transform))

@@ -40,20 +40,16 @@ def worst_case_summary(tally: Tally, grid: Grid) -> dict[str, Any]:
 def shift_rows(tally: Tally, grid: Grid) -> list[dict[str, Any]]:
     """One row per transform, in grid order; angle, scale and brightness when the grid has other axes."""
     rows = []
-    for i, (dx, dy, angle, scale, brightness) in enumerate(grid.transforms):
+    for i, transform in enumerate(grid.transforms):
         correct, agree = int(tally.shift_correct[i]), int(tally.shift_agree[i])
-        row = {
-            "dx": dx,
-            "dy": dy,
+        rows.append({
+            **grid.named(transform),
             "n": tally.n,
             "correct": correct,
             "agreed": agree,
             "accuracy": correct / tally.n,
             "agreement": agree / tally.n,
-        }
-        if grid.axes:
-            row.update(angle=angle, scale=scale, brightness=brightness)
-        rows.append(row)
+        })
     return rows
 
 

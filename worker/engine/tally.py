@@ -15,8 +15,9 @@ from core.grid import Grid, plain
 
 # The most fragile samples kept per evaluation; the API pages through them.
 MAX_EXAMPLES = 1000
+# worst_shift is the translation of worst_transform, kept for the clients that read it before the other axes.
 EXAMPLE_FIELDS = frozenset({"index", "label", "clean_prediction", "worst_prediction", "worst_shift",
-                            "worst_probability", "flips"})
+                            "worst_transform", "worst_probability", "flips"})
 
 
 @dataclass
@@ -100,15 +101,15 @@ class Tally:
         order = np.lexsort((indices[candidates], -flips[candidates]))[:MAX_EXAMPLES]
         for row in candidates[order]:
             # The least confident transform; np.argmin takes the first of equal minima, in grid order.
-            # worst_shift reports its translation only (docs/transforms.md).
             worst = int(np.argmin(true_logprob[row]))
-            dx, dy = grid.transforms[worst][:2]
+            transform = {axis: plain(value) for axis, value in grid.named(grid.transforms[worst]).items()}
             self.examples.append({
                 "index": int(indices[row]),
                 "label": int(labels[row]),
                 "clean_prediction": int(clean[row]),
                 "worst_prediction": int(predictions[row, worst]),
-                "worst_shift": [plain(dx), plain(dy)],
+                "worst_shift": [transform["dx"], transform["dy"]],
+                "worst_transform": transform,
                 "worst_probability": float(np.exp(true_logprob[row, worst])),
                 "flips": int(flips[row]),
             })

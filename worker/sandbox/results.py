@@ -106,7 +106,21 @@ def _check_examples(examples: Any) -> None:
         for key in ("index", "label", "clean_prediction", "worst_prediction", "flips"):
             _count(example[key], f"examples.{key}")
         _reals(example["worst_shift"], 2, "examples.worst_shift")
+        _check_transform(example["worst_transform"], example["worst_shift"])
         _probability(example["worst_probability"], "examples.worst_probability")
+
+
+# A worst transform's keys: the translation alone, or every axis (Grid.named).
+_TRANSFORM_KEYS = ({"dx", "dy"}, {"dx", "dy", "angle", "scale", "brightness"})
+
+
+def _check_transform(transform: Any, shift: list[Any]) -> None:
+    if not isinstance(transform, dict) or set(transform) not in _TRANSFORM_KEYS:
+        raise BadResult("examples.worst_transform does not name a transform's axes")
+    values = list(transform.values())
+    _reals(values, len(values), "examples.worst_transform")
+    if not all(math.isfinite(v) for v in values) or [transform["dx"], transform["dy"]] != shift:
+        raise BadResult("examples.worst_transform is not finite, or not at worst_shift")
 
 
 _SEGMENTATION_VECTORS = ("pixels", "correct", "cells", "agreed")
