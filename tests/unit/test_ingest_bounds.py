@@ -59,7 +59,7 @@ with session_scope() as session:
     session.add(dataset)
     session.flush()
     dataset_id = dataset.id
-ingest_dataset(dataset_id)
+ingest_dataset(dataset_id, "test-worker")
 with session_scope() as session:
     dataset = session.get(Dataset, dataset_id)
     if dataset.status == "ready":
