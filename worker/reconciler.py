@@ -2,9 +2,10 @@
 
 It puts back chunks whose worker went silent (killed, lost its host) and
 re-sends messages the broker lost (a Redis restart, an enqueue that failed while
-the broker was down), and the validations and ingestions whose worker went silent
-(their lease, db.leases, decides who runs them and when they give up). Once per SHIFTSCORE_RECLAIM_PERIOD it also deletes the
-blobs nothing needs any more (db.blobs.reclaim_blobs). Torch-free: it runs in the
+the broker was down), among them the model validations and dataset ingestions
+whose worker went silent (their lease, db.leases, decides who may take them and
+when they give up). Once per SHIFTSCORE_RECLAIM_PERIOD it also deletes the blobs
+nothing needs any more (db.blobs.reclaim_blobs). Torch-free: it runs in the
 scheduler process.
 """
 

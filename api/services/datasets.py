@@ -110,7 +110,7 @@ def upload_dataset(tenant_id: str, name: str, upload: Upload, raw_preprocess: di
     if outcome == "processing":
         try:
             enqueue_dataset_ingestion(dataset.id)
-        except Exception:  # noqa: BLE001 — the row is committed; it stays processing (see README, Production)
+        except Exception:  # noqa: BLE001 — the row is committed; the reconciler sends it again (README, Production)
             log.exception("could not enqueue ingestion of dataset %s", dataset.id)
     return dataset, outcome
 
