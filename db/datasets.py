@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.ingest import ParsedDataset, to_npy_bytes
+from core.dataset_arrays import ParsedDataset, to_npy_bytes
 from db import leases
 from db.blobs import put_blob, put_blob_file
 from db.models import Dataset

@@ -29,7 +29,8 @@ from db import leases
 from db.blobs import blob_path, hold_blob, stored_bytes
 from db.models import Dataset, Tenant
 from db.session import session_scope
-from core.ingest import DatasetError, ParsedDataset, parse_dataset, upload_limits
+from core.dataset_arrays import DatasetError, ParsedDataset, upload_limits
+from core.ingest import parse_dataset
 from core.preprocess import parse_preprocess
 from core.settings import Settings, get_settings
 from db.datasets import claim_ingestion, store_arrays

@@ -113,7 +113,8 @@ PARSE_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
-from core.ingest import parse_dataset, upload_limits
+from core.dataset_arrays import upload_limits
+from core.ingest import parse_dataset
 from core.settings import get_settings
 
 
