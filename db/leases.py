@@ -63,6 +63,7 @@ def take(
     # large dataset's arrays) is held: skipped rather than waited for, so this message ends at once.
     row = session.execute(
         select(work.row).where(work.row.id == row_id).with_for_update(key_share=True, skip_locked=True)
+        .execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if row is None or row.status != work.open_status:
         return None
