@@ -70,7 +70,7 @@ def take(
     now = utcnow()
     cutoff = now - stale_after
     attempts = getattr(row, work.attempts.key)
-    # The holder may beat between the read above and this update: the heartbeat is checked again in it.
+    # Judged in the update itself: on SQLite nothing locks the row, and its holder may beat after the read above.
     free = [work.row.id == row_id, work.row.status == work.open_status, work.attempts == attempts,
             work.silent_since(cutoff)]
     # "fetch": the row in this session is refreshed from the database, not by comparing times in Python.
