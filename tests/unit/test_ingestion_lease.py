@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 import db.session as db_session
 import worker.ingestion as ingestion
+import worker.reconciler as reconciler
 from core.settings import reset_settings
 from db import jobs, leases
 from db.blobs import put_blob_file
@@ -149,3 +150,13 @@ def test_a_live_holder_at_the_attempt_limit_is_left_alone(tenant, upload):
         assert claim(dataset_id, f"w{attempt}", NOW) is not None
     assert claim(dataset_id, "w4", LONG) is None  # w3 is still beating: its attempt may yet finish
     assert (row(dataset_id).status, row(dataset_id).ingest_worker) == ("processing", "w3")
+
+
+def test_a_reconciler_pass_sends_the_lost_ingestion_once_the_queue_holds_fewer_messages(tenant, upload, monkeypatch):
+    lost = processing(tenant, upload, "lost", age=timedelta(seconds=120))
+    sent: list[str] = []
+    monkeypatch.setattr(reconciler, "enqueue_dataset_ingestion", sent.append)
+    monkeypatch.setattr(reconciler, "queue_depth", lambda: 1)  # its message is still queued: nothing to send
+    assert reconciler.reconcile().resent == 0 and sent == []
+    monkeypatch.setattr(reconciler, "queue_depth", lambda: 0)  # the broker lost it
+    assert reconciler.reconcile().resent == 1 and sent == [lost]
