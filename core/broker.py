@@ -26,7 +26,7 @@ def celery_broker_url(url: str) -> str:
 
 
 def redis_client_url(url: str) -> str:
-    """The same broker as a redis-py URL (for health checks and queue depth)."""
+    """The same broker as a redis-py URL (for health checks)."""
     url = celery_broker_url(url)
     if url.startswith("redis+socket://"):
         return "unix://" + url.removeprefix("redis+socket://")

@@ -31,6 +31,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A new pool child imports torch before it reports up (worker.tasks): on a busy host that takes
+        # longer than Celery's 4 s, and the parent killed and restarted it in a loop after a child died.
+        worker_proc_alive_timeout=60.0,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_hard_time_limit,
         task_default_queue=QUEUE,

@@ -22,7 +22,7 @@ from typing import IO, TypeVar
 
 import numpy as np
 
-from core.ingest import DatasetError, Limits, NpyWriter, ParsedDataset, check_arrays
+from core.dataset_arrays import DatasetError, Limits, NpyWriter, ParsedDataset, check_arrays
 from core.preprocess import Preprocess, apply_preprocess, output_size
 
 _GRAY_MODES = {"1", "L", "LA", "La"}

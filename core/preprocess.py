@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from core.ingest import DatasetError
+from core.dataset_arrays import DatasetError
 
 MAX_SIDE = 4096
 

@@ -41,9 +41,14 @@ def enqueue_webhook(evaluation_id: str, attempt: int) -> None:
 
 
 def queue_depth() -> int:
-    """Messages waiting in the work queue (not counting those a worker holds)."""
+    """Messages waiting in the work queue (not counting those a worker holds); raises if the broker is unreachable.
+
+    The one count of the queue: the reconciler compares it with the work waiting, /metrics reports it.
+    """
     app = get_celery()
     with app.connection_for_write() as connection:
+        # No retries: both callers ask again at their next pass or scrape rather than wait here.
+        connection.ensure_connection(max_retries=0)
         channel = connection.default_channel
         # Declared again first: a broker restarted without persistence has forgotten the
         # queue's routing, and nothing sent to it would arrive.

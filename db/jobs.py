@@ -27,6 +27,8 @@ from typing import Any
 from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from db import leases
+from db.leases import Lease
 from db.models import (
     ClassResult,
     Evaluation,
@@ -35,6 +37,7 @@ from db.models import (
     Model,
     ShiftResult,
     Tenant,
+    before,
     utcnow,
 )
 
@@ -120,7 +123,7 @@ def claim_chunk(
         return None
     now = utcnow()
     cutoff = now - stale_after
-    if chunk.status == "running" and not _before(chunk.heartbeat_at, cutoff):
+    if chunk.status == "running" and not before(chunk.heartbeat_at, cutoff):
         return None
     if chunk.attempts >= max_attempts:
         _exhausted(session, evaluation_id, chunk)
@@ -230,14 +233,6 @@ def has_queued_chunks(session: Session) -> bool:
         EvaluationChunk.status == "queued", EvaluationChunk.evaluation_id == Evaluation.id,
         Evaluation.status.in_(ACTIVE), Evaluation.cancel_requested.is_(False),
     ))).scalar())
-
-
-def _before(moment: datetime | None, cutoff: datetime) -> bool:
-    if moment is None:
-        return True
-    if moment.tzinfo is None:  # SQLite hands back naive UTC
-        moment = moment.replace(tzinfo=cutoff.tzinfo)
-    return moment < cutoff
 
 
 def _exhausted(session: Session, evaluation_id: str, chunk: EvaluationChunk) -> None:
@@ -437,77 +432,29 @@ def _stop_chunks(session: Session, evaluation_id: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class ValidationClaim:
-    """A worker's hold on one model's validation."""
-
-    model_id: str
-    attempt: int
-
-
 def claim_validation(
     session: Session, model_id: str, worker: str, stale_after: timedelta, max_attempts: int
-) -> ValidationClaim | None:
+) -> Lease | None:
     """Take a model's validation (or one whose worker went silent); None if it is not ours to run.
 
     A model whose validation was started `max_attempts` times without finishing is
     marked invalid instead: its worker died each time, so it must not come back again.
     """
-    model = session.get(Model, model_id)
-    if model is None or model.status != "validating":
-        return None
-    now = utcnow()
-    cutoff = now - stale_after
-    if model.validation_heartbeat_at is not None and not _before(model.validation_heartbeat_at, cutoff):
-        return None
-    if model.validation_attempts >= max_attempts:
-        _invalid(session, model_id, model.validation_attempts, (
-            f"checking the model was started {model.validation_attempts} times and never finished "
-            "(its worker died or was killed each time); upload it again once the cause is fixed"
-        ))
-        return None
-    attempt = model.validation_attempts + 1
-    taken = session.execute(
-        update(Model)
-        .where(Model.id == model_id, Model.status == "validating",
-               Model.validation_attempts == model.validation_attempts)
-        .values(validation_attempts=attempt, validation_worker=worker, validation_heartbeat_at=now)
-    )
-    if taken.rowcount != 1:
-        session.rollback()
-        return None
-    return ValidationClaim(model_id, attempt)
+    def give_up(model: Model) -> dict[str, Any]:
+        return {"error": f"checking the model was started {model.validation_attempts} times and never finished "
+                         "(its worker died or was killed each time); upload it again once the cause is fixed"}
 
-
-def _validation_held(claim: ValidationClaim) -> list[Any]:
-    return [Model.id == claim.model_id, Model.status == "validating",
-            Model.validation_attempts == claim.attempt]
-
-
-def _invalid(session: Session, model_id: str, attempts: int, error: str) -> None:
-    session.execute(
-        update(Model)
-        .where(Model.id == model_id, Model.status == "validating", Model.validation_attempts == attempts)
-        .values(status="invalid", error=error)
-    )
-
-
-def heartbeat_validation(session: Session, claim: ValidationClaim) -> bool:
-    """Show that the validating worker is alive; False once the claim is lost."""
-    result = session.execute(
-        update(Model).where(*_validation_held(claim)).values(validation_heartbeat_at=utcnow())
-    )
-    return result.rowcount == 1
+    return leases.take(session, leases.VALIDATION, model_id, worker, stale_after, max_attempts, give_up)
 
 
 def record_model_validation(
-    session: Session, claim: ValidationClaim, *, error: str | None, num_parameters: int | None,
+    session: Session, claim: Lease, *, error: str | None, num_parameters: int | None,
     num_outputs: int | None, seconds_per_image: float | None = None, runtime: dict[str, Any] | None = None,
 ) -> bool:
     """Mark an uploaded model ready, or invalid with the reason; False if the claim was lost."""
     result = session.execute(
         update(Model)
-        .where(*_validation_held(claim))
+        .where(*leases.held(leases.VALIDATION, claim))
         .values(
             status="invalid" if error else "ready",
             error=error,
@@ -562,10 +509,11 @@ class Waiting:
     evaluations: list[str]
     chunks: list[tuple[str, int]]
     models: list[str]
+    datasets: list[str]
 
 
 def waiting_work(session: Session, cutoff: datetime) -> Waiting:
-    """Unplanned queued evaluations, queued chunks and models being validated."""
+    """Unplanned queued evaluations, queued chunks, and models and datasets whose lease nobody live holds."""
     unplanned = (
         select(Evaluation.id, Evaluation.created_at)
         .where(Evaluation.status == "queued", Evaluation.cancel_requested.is_(False),
@@ -579,18 +527,15 @@ def waiting_work(session: Session, cutoff: datetime) -> Waiting:
         .where(EvaluationChunk.status == "queued", Evaluation.status.in_(ACTIVE))
         .order_by(EvaluationChunk.enqueued_at)
     ).all()
-    # A model held by a live worker is not waiting; counting it would re-send its validation.
-    models = session.execute(
-        select(Model.id, Model.created_at, Model.validation_heartbeat_at)
-        .where(Model.status == "validating",
-               or_(Model.validation_heartbeat_at.is_(None), Model.validation_heartbeat_at < cutoff))
-    ).all()
+    # A model or dataset held by a live worker is not waiting; counting it would re-send its work.
+    models = leases.unheld(session, leases.VALIDATION, cutoff)
+    datasets = leases.unheld(session, leases.INGESTION, cutoff)
     return Waiting(
-        count=len(evaluations) + len(chunks) + len(models),
-        evaluations=[row.id for row in evaluations if _before(row.created_at, cutoff)],
-        chunks=[(row.evaluation_id, row.index) for row in chunks if _before(row.enqueued_at, cutoff)],
-        models=[row.id for row in models
-                if _before(row.created_at, cutoff) and _before(row.validation_heartbeat_at, cutoff)],
+        count=len(evaluations) + len(chunks) + len(models) + len(datasets),
+        evaluations=[row.id for row in evaluations if before(row.created_at, cutoff)],
+        chunks=[(row.evaluation_id, row.index) for row in chunks if before(row.enqueued_at, cutoff)],
+        models=[model_id for model_id, due in models if due],
+        datasets=[dataset_id for dataset_id, due in datasets if due],
     )
 
 

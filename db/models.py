@@ -27,6 +27,15 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def before(moment: datetime | None, cutoff: datetime) -> bool:
+    """Whether a stored moment (None: never) is earlier than `cutoff`."""
+    if moment is None:
+        return True
+    if moment.tzinfo is None:  # SQLite hands back naive UTC
+        moment = moment.replace(tzinfo=cutoff.tzinfo)
+    return moment < cutoff
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -111,6 +120,10 @@ class Dataset(Base):
     max_label: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Ingestion holds a lease like a chunk (db.leases): attempt count, holder, heartbeat.
+    ingest_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ingest_worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    ingest_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Model(Base):
@@ -135,7 +148,7 @@ class Model(Base):
     num_outputs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Validation holds a lease like a chunk: attempt count, holder, heartbeat.
+    # Validation holds a lease like a chunk (db.leases): attempt count, holder, heartbeat.
     validation_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     validation_worker: Mapped[str | None] = mapped_column(String(200))
     validation_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -9,9 +9,7 @@ failing leaves the chunk to the reconciler, which gives it to a worker again.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -27,6 +25,7 @@ from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
+from worker.heartbeat import Heartbeat
 from worker.engine.layers import LAYERS
 from core.runtimes import evaluation_runtime, reference_backend
 from worker.sandbox import results
@@ -86,34 +85,6 @@ class _Reporter:
 
         self.high_water = retrying(write)
         self.last_progress = time.monotonic()
-
-
-class Heartbeat:
-    """Calls `beat` from a side thread every `every` seconds until it returns False or the block ends.
-
-    A long forward batch must never make a live worker look dead.
-    """
-
-    def __init__(self, beat: Callable[[], bool], every: float) -> None:
-        self.beat, self.every = beat, every
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.every):
-            try:
-                if not self.beat():
-                    return
-            except Exception:  # noqa: BLE001 — a missed beat is retried; the work goes on
-                log.warning("heartbeat failed", exc_info=True)
 
 
 def _beat_chunk(claim: jobs.ChunkClaim) -> bool:

@@ -2,8 +2,10 @@
 
 It puts back chunks whose worker went silent (killed, lost its host) and
 re-sends messages the broker lost (a Redis restart, an enqueue that failed while
-the broker was down). Once per SHIFTSCORE_RECLAIM_PERIOD it also deletes the
-blobs nothing needs any more (db.blobs.reclaim_blobs). Torch-free: it runs in the
+the broker was down), among them the model validations and dataset ingestions
+whose worker went silent (their lease, db.leases, decides who may take them and
+when they give up). Once per SHIFTSCORE_RECLAIM_PERIOD it also deletes the blobs
+nothing needs any more (db.blobs.reclaim_blobs). Torch-free: it runs in the
 scheduler process.
 """
 
@@ -14,7 +16,13 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from core.queue import enqueue_chunk, enqueue_evaluation, enqueue_model_validation, queue_depth
+from core.queue import (
+    enqueue_chunk,
+    enqueue_dataset_ingestion,
+    enqueue_evaluation,
+    enqueue_model_validation,
+    queue_depth,
+)
 from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import reclaim_blobs
@@ -57,9 +65,11 @@ def reconcile(settings: Settings | None = None) -> Reconciled:
             enqueue_chunk(evaluation_id, index)
         for model_id in waiting.models:
             enqueue_model_validation(model_id)
+        for dataset_id in waiting.datasets:
+            enqueue_dataset_ingestion(dataset_id)
         with session_scope() as session:
             jobs.mark_enqueued(session, waiting.chunks)
-        resent = len(waiting.evaluations) + len(waiting.chunks) + len(waiting.models)
+        resent = len(waiting.evaluations) + len(waiting.chunks) + len(waiting.models) + len(waiting.datasets)
     if stale or resent:
         log.warning("reconciler: re-enqueued %d stale chunk(s), re-sent %d lost message(s)", len(stale), resent)
     return Reconciled(stale_chunks=len(stale), resent=resent, reclaimed_blobs=_reclaim_now_and_then(settings))

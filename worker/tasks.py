@@ -64,7 +64,7 @@ def validate_model(model_id: str) -> None:
 def ingest_dataset(dataset_id: str) -> None:
     from worker import ingestion
 
-    ingestion.ingest_dataset(dataset_id)
+    ingestion.ingest_dataset(dataset_id, _worker_name())
 
 
 @app.task(

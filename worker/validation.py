@@ -1,6 +1,6 @@
 """Check an uploaded model in its sandbox: load it, run it on the declared input, choose its runtime.
 
-Validation holds a lease like a chunk (db.jobs.claim_validation): a model whose
+Validation holds a lease like a chunk (db.leases, taken by db.jobs.claim_validation): a model whose
 worker dies is taken over after SHIFTSCORE_STALE_AFTER, and one that was
 started SHIFTSCORE_MAX_ATTEMPTS times is marked invalid instead of coming back.
 """
@@ -14,12 +14,13 @@ from functools import partial
 from typing import Any
 
 from core.settings import get_settings
-from db import jobs
+from db import jobs, leases
 from db.blobs import blob_path
 from db.models import Model
 from db.session import session_scope
 from core.runtimes import BadRuntime, check_runtime
-from worker.evaluations import Heartbeat, model_fields
+from worker.evaluations import model_fields
+from worker.heartbeat import Heartbeat
 from worker.sandbox.cage import Cage, CageFailure
 from worker.sandbox.failures import explain
 from worker.sandbox.pool import cage_config
@@ -27,9 +28,9 @@ from worker.sandbox.pool import cage_config
 log = logging.getLogger(__name__)
 
 
-def _beat(claim: jobs.ValidationClaim) -> bool:
+def _beat(claim: leases.Lease) -> bool:
     with session_scope() as session:
-        return jobs.heartbeat_validation(session, claim)
+        return leases.beat(session, leases.VALIDATION, claim)
 
 
 def validate_uploaded_model(model_id: str, worker: str) -> None:

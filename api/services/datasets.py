@@ -18,7 +18,8 @@ from db.blobs import hold_blob, put_blob_file
 from db.models import Blob, Dataset, utcnow
 from db.session import session_scope
 from core.queue import enqueue_dataset_ingestion
-from core.ingest import DatasetError, digits, open_zip, to_npy_bytes, upload_limits
+from core.dataset_arrays import DatasetError, to_npy_bytes, upload_limits
+from core.ingest import digits, open_zip
 from core.preprocess import parse_preprocess
 from db.datasets import store_arrays
 
@@ -110,7 +111,7 @@ def upload_dataset(tenant_id: str, name: str, upload: Upload, raw_preprocess: di
     if outcome == "processing":
         try:
             enqueue_dataset_ingestion(dataset.id)
-        except Exception:  # noqa: BLE001 — the row is committed; it stays processing (see README, Production)
+        except Exception:  # noqa: BLE001 — the row is committed; the reconciler sends it again (README, Production)
             log.exception("could not enqueue ingestion of dataset %s", dataset.id)
     return dataset, outcome
 

@@ -15,9 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.http.settings import current_settings
-from core.broker import redis_client_url
 from core.celery_app import QUEUE
+from core.queue import queue_depth
 from db.models import Evaluation, Model
 from db.session import session_scope
 
@@ -54,15 +53,9 @@ def _counts(session: Session, column: Any, statuses: tuple[str, ...]) -> dict[st
 
 
 def _queue_depth() -> int | None:
-    """Tasks waiting in the Celery queue (a Redis list), or None when the broker is unreachable."""
+    """Tasks waiting in the work queue, or None when the broker is unreachable."""
     try:
-        import redis
-
-        client = redis.Redis.from_url(redis_client_url(current_settings().broker_url), socket_timeout=2)
-        try:
-            return int(client.llen(QUEUE))
-        finally:
-            client.close()
+        return queue_depth()
     except Exception:  # noqa: BLE001 — reported as shiftscore_broker_up 0
         return None
 

@@ -126,6 +126,6 @@ def upload_model(tenant_id: str, upload: ModelUpload, file: Upload) -> tuple[Mod
         return model, False
     try:
         enqueue_model_validation(model.id)
-    except Exception:  # noqa: BLE001 — the row is committed; validation is retried on resubmit
+    except Exception:  # noqa: BLE001 — the row is committed; the reconciler sends it again
         log.exception("could not enqueue validation of model %s", model.id)
     return model, True

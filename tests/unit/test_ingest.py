@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.ingest import DatasetError, Limits, digits, parse_dataset, parse_npz
+from core.dataset_arrays import DatasetError, Limits
+from core.ingest import digits, parse_dataset, parse_npz
 from tests.dataset_corpus import (
     CASES,
     Case,

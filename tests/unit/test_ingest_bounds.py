@@ -59,7 +59,7 @@ with session_scope() as session:
     session.add(dataset)
     session.flush()
     dataset_id = dataset.id
-ingest_dataset(dataset_id)
+ingest_dataset(dataset_id, "test-worker")
 with session_scope() as session:
     dataset = session.get(Dataset, dataset_id)
     if dataset.status == "ready":
@@ -113,7 +113,8 @@ PARSE_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
-from core.ingest import parse_dataset, upload_limits
+from core.dataset_arrays import upload_limits
+from core.ingest import parse_dataset
 from core.settings import get_settings
 
 

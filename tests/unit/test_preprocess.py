@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.ingest import DatasetError
+from core.dataset_arrays import DatasetError
 from core.preprocess import Preprocess, apply_preprocess, output_size, parse_preprocess, resized_size
 
 
