@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from benchmarks.common import (
@@ -112,23 +111,14 @@ def engstrom(images, labels, test_rows, side, nets) -> list[list]:
     return rows
 
 
-class ChannelsLast(nn.Module):
-    """ART hands the classifier N×H×W×C arrays; the registry LeNet takes N×C×H×W."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.permute(0, 3, 1, 2))
-
-
 def art_rows(images, labels, test_rows, side, nets) -> list[list]:
     """ART's grid search for one global transform, on the same nets and held-out digits.
 
     ART's grid is ±3 px in 5 steps each way, which it rounds to whole pixels (−3, −2, 0,
     2, 3), × ±30° in 31 steps; it moves images with cubic splines (scipy's order 3).
     """
+    from benchmarks.alternatives import ChannelsLast
+
     try:
         from art.attacks.evasion import SpatialTransformation
         from art.estimators.classification import PyTorchClassifier

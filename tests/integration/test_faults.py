@@ -22,7 +22,7 @@ from torch import nn
 
 from tests.integration.test_end_to_end import reference_for
 from tests.models import DIGITS_INPUT, save_torchscript, trained_digits_cnn
-from tests.stack import ApiSession, RedisServer, Stack, running_stack
+from tests.stack import ApiSession, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,6 @@ class Slowed(nn.Module):
         for i in range(self.repeats):
             out = out + 0.0 * self.base(x + float(i + 1))
         return out
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -18,21 +18,13 @@ import numpy as np
 import pytest
 
 from tests.dataset_corpus import npz, png, write_zip
-from tests.stack import ApiSession, RedisServer, Stack, running_stack
+from tests.stack import ApiSession, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
 STALE_AFTER_S = 2
 MAX_ATTEMPTS = 3
 SLOW_IMAGES = 60_000
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture(scope="module")

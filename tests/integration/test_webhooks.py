@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from tests.models import DIGITS_INPUT, circular_invariant_cnn, save_torchscript
-from tests.stack import RedisServer, Stack, running_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -98,14 +98,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     parts = dict(item.split("=", 1) for item in headers["X-ShiftScore-Signature"].split(","))
     expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, parts["v1"])
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture(scope="module")
