@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-TORCH, ONNXRUNTIME = "torch", "onnxruntime"
-BACKENDS = (TORCH, ONNXRUNTIME)
+# torch eager; ONNX Runtime; the model frozen as TorchScript with oneDNN Graph fusing its ops (CPU).
+TORCH, ONNXRUNTIME, ONEDNN = "torch", "onnxruntime", "onednn"
+BACKENDS = (TORCH, ONNXRUNTIME, ONEDNN)
 # What a request may ask for: the chosen runtime, or torch eager (the model's own runtime).
 REQUESTABLE = ("auto", TORCH)
 MAX_BATCH_SIZE = 4096
@@ -120,8 +121,8 @@ def real_data_record(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "max_abs_diff": closest["max_abs_diff"], "tolerance": closest["tolerance"], "fell_back_chunks": fell_back,
     }}
     if fell_back:
-        # Only torch models have a second runtime: ONNX Runtime checked against torch eager.
-        record["note"] = (f"ONNX Runtime disagreed with the model's own runtime (torch eager) on the real images of "
-                          f"{fell_back} of {len(parts)} chunks; those chunks ran on torch eager, so every result "
-                          "is the model's own")
+        # Only torch models have other runtimes, each checked against torch eager.
+        record["note"] = (f"the runtime chosen at validation disagreed with the model's own (torch eager) on the real "
+                          f"images of {fell_back} of {len(parts)} chunks; those chunks ran on torch eager, so every "
+                          "result is the model's own")
     return record

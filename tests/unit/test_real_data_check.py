@@ -133,6 +133,22 @@ def test_an_export_that_agrees_on_digits_runs_the_chunk_on_onnxruntime(digits):
     assert _plain(result) == _eager(runner.forward, images, labels, np.arange(100, 400))
 
 
+def test_a_runtime_that_raises_on_the_real_images_is_a_disagreement(digits):
+    """A fused graph can fail at a batch shape validation did not try: the chunk runs on torch eager."""
+    images, labels, paths = digits
+    model = DarkNet(ties=False).eval()
+    runner = _runner(model, paths, [])
+
+    def failing(batch: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("could not set attribute to the op")
+
+    runner.forward = failing
+    result = _sweep(runner, 0, 300)
+    check = result[REAL_DATA_CHECK]
+    assert check["agrees"] is False and check["max_abs_diff"] is None
+    assert _plain(result) == _eager(model, images, labels, np.arange(300))
+
+
 def test_a_retried_chunk_checks_the_same_samples_and_decides_alike(digits):
     """Resumed from a checkpoint, the chunk still checks its first samples: the same figures, the same runtime."""
     images, labels, paths = digits

@@ -1,8 +1,9 @@
 """Inside the cage: the runtimes a model can be swept on, the agreement check, and the one timing.
 
 The reference runtime is the model's own: torch eager for TorchScript, exported
-programs and state dicts, ONNX Runtime for an uploaded ONNX file. ONNX Runtime
-is the other candidate for torch models (exported in memory, never to a file).
+programs and state dicts, ONNX Runtime for an uploaded ONNX file. Torch models on
+the CPU have two other candidates: ONNX Runtime (exported in memory, never to a
+file) and oneDNN Graph (the model frozen as TorchScript, its ops fused by oneDNN).
 A candidate is kept only if, on the validation batch, every row's argmax equals
 the reference's and its logits agree within the tolerance below; then the
 fastest kept (runtime, batch size) by one measurement, made here once, is the
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from worker.model_loading import OnnxModel, onnx_session
-from core.runtimes import ONNXRUNTIME, TORCH, reference_backend
+from core.runtimes import ONEDNN, ONNXRUNTIME, TORCH, reference_backend
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,6 +41,9 @@ BATCH_SIZES = (16, 64, 256, 512)
 INPUT_BYTES_CAP = 64 * 1024 * 1024
 TIMING_BUDGET_S = 3.0
 NEAR_BEST = 0.05
+# TorchScript's executor profiles a graph's first calls at a shape and only then optimizes
+# (fuses) it: a candidate is compared and timed after this many calls at each batch shape.
+WARMUP_CALLS = 3
 ONNX_OPSET = 17
 
 
@@ -161,16 +165,48 @@ def onnx_export(model: torch.nn.Module, example: torch.Tensor, threads: int) -> 
     return OnnxModel(onnx_session(onnx_bytes(model, example), threads), None)
 
 
+class OneDnnFused:
+    """The model frozen as TorchScript; while it runs, oneDNN Graph fuses its ops (conv, bias, ReLU, pool)."""
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        scripted = model if isinstance(model, torch.jit.ScriptModule) else \
+            torch.jit.trace(model, example, check_trace=False)
+        self.frozen = torch.jit.freeze(scripted.eval())
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        # The switch is global to the process: on only around these calls, so that the
+        # reference (the same TorchScript, unfrozen) is never fused by the graph executor.
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            return self.frozen(batch)
+        finally:
+            torch.jit.enable_onednn_fusion(False)
+
+
+# How each runtime other than the model's own is built from a loaded torch model (CPU only).
+_BUILDERS: dict[str, Callable[[torch.nn.Module, torch.Tensor], Forward]] = {
+    ONNXRUNTIME: lambda model, example: onnx_export(model, example, torch.get_num_threads()),
+    ONEDNN: OneDnnFused,
+}
+_FAILED = {ONNXRUNTIME: "the ONNX export failed", ONEDNN: "freezing for oneDNN Graph failed"}
+
+
+def build(name: str, model: torch.nn.Module, example: torch.Tensor) -> Forward:
+    """The torch model on runtime `name` (one of _BUILDERS); raises what the conversion raises."""
+    return _BUILDERS[name](model, example)
+
+
 def candidates(fmt: str, model: Any, example: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """Name → forward (or the reason it could not be built); the reference first."""
     if fmt == "onnx":
         return {ONNXRUNTIME: model}
     built: dict[str, Any] = {TORCH: model}
     if device.type == "cpu" and isinstance(model, torch.nn.Module):
-        try:
-            built[ONNXRUNTIME] = onnx_export(model, example, torch.get_num_threads())
-        except Exception as exc:  # noqa: BLE001 — a model that does not export stays on torch
-            built[ONNXRUNTIME] = f"the ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}"
+        for name in _BUILDERS:
+            try:
+                built[name] = build(name, model, example)
+            except Exception as exc:  # noqa: BLE001 — a model that does not convert stays on the others
+                built[name] = f"{_FAILED[name]}: {type(exc).__name__}: {str(exc)[:200]}"
     return built
 
 
@@ -192,7 +228,8 @@ def time_batches(forward: Forward, sample: torch.Tensor, expected: torch.Tensor,
             repeats = (size + len(sample) - 1) // len(sample)
             batch = sample.repeat(repeats, 1, 1, 1)[:size].contiguous()
             wanted = expected.argmax(dim=1).repeat(repeats, *([1] * (expected.ndim - 2)))[:size]
-            same = bool((forward(batch).argmax(dim=1).cpu() == wanted.cpu()).all())
+            output = _warmed(forward, batch)
+            same = bool((output.argmax(dim=1).cpu() == wanted.cpu()).all())
             seconds = [_timed(forward, batch) for _ in range(2)]
             spent += sum(seconds) * 1.5
             if same:
@@ -203,6 +240,13 @@ def time_batches(forward: Forward, sample: torch.Tensor, expected: torch.Tensor,
     fastest = min(per_image.values())
     best = max((size for size, seconds in per_image.items() if seconds <= fastest * (1 + NEAR_BEST)), key=int)
     return {"seconds_per_image": per_image[best], "batch_size": int(best), "per_batch_size": per_image}
+
+
+def _warmed(forward: Forward, batch: torch.Tensor) -> torch.Tensor:
+    """The output of the last of WARMUP_CALLS calls: what the runtime gives once it has optimized."""
+    for _ in range(WARMUP_CALLS - 1):
+        forward(batch)
+    return forward(batch)
 
 
 def _timed(forward: Forward, batch: torch.Tensor) -> float:
@@ -237,16 +281,19 @@ def choose(fmt: str, model: Any, spec: dict[str, Any], device: torch.device,
         if isinstance(forward, str):
             report[name] = {"kept": False, "reason": forward}
             continue
-        with torch.inference_mode():
-            checked = agreement(expected, forward(batch)) if name != reference else agreement(expected, expected)
-        report[name] = {"kept": checked["agrees"], **checked}
-        if checked["agrees"]:
-            try:
+        try:
+            with torch.inference_mode():
+                checked = agreement(expected, expected if name == reference else _warmed(forward, batch))
+            report[name] = {"kept": checked["agrees"], **checked}
+            if checked["agrees"]:
                 report[name].update(time_batches(forward, batch, expected, deadline))
-            except RuntimeError as exc:
-                report[name].update(kept=False, reason=str(exc))
-                continue
-            kept[name] = forward
+                kept[name] = forward
+        except Exception as exc:  # noqa: BLE001 — a runtime that fails at some batch is not kept
+            if name == reference and not isinstance(exc, RuntimeError):
+                raise
+            reason = str(exc) if name == reference else \
+                f"it failed on the validation batch: {type(exc).__name__}: {str(exc)[:200]}"
+            report.setdefault(name, {}).update(kept=False, reason=reason)
     if reference not in kept:
         raise RuntimeError(f"the model's own runtime did not reproduce its predictions on the validation batch: "
                            f"{report[reference].get('reason', 'its outputs disagree')}")

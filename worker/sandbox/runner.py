@@ -68,10 +68,10 @@ class Runner:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
         self.model = self.forward = model
-        # ONNX Runtime is a CPU candidate: a CUDA worker runs the model's own torch on the GPU.
-        if fields.get("backend") == backends.ONNXRUNTIME and fields["format"] != "onnx" and self.device.type == "cpu":
-            example = backends.validation_batch(fields["input"], self.device)
-            self.forward = backends.onnx_export(model, example, torch.get_num_threads())
+        # The other runtimes are CPU candidates: a CUDA worker runs the model's own torch on the GPU.
+        backend = fields.get("backend")
+        if backend not in (None, backends.TORCH) and fields["format"] != "onnx" and self.device.type == "cpu":
+            self.forward = backends.build(backend, model, backends.validation_batch(fields["input"], self.device))
         return {"num_parameters": count_parameters(model)}
 
     def validate(self, job: dict[str, Any]) -> dict[str, Any]:
