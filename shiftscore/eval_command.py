@@ -38,6 +38,7 @@ from shiftscore.mlflow_logging import log_evaluation, require_mlflow
 EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_USAGE, EXIT_SERVICE, EXIT_FAILED = 0, 1, 2, 3, 4
 # (metric in the summary, argparse destination, flag)
 GATES = (
+    ("clean_accuracy", "min_clean_accuracy", "--min-clean-accuracy"),
     ("consistency", "min_consistency", "--min-consistency"),
     ("worst_case_accuracy", "min_worst_case", "--min-worst-case"),
     ("mean_accuracy", "min_mean_accuracy", "--min-mean-accuracy"),
@@ -52,6 +53,12 @@ INPUT_EXAMPLE = '{"channels": 1, "height": 8, "width": 8, "mean": [0.5], "std": 
 SCALING = ("Pixels are divided by 255 to [0, 1] before the model's normalization (x - mean) / std, so give the "
            "mean and std the model was trained with on that [0, 1] scale (statistics of 0-255 pixels divided "
            "by 255); leaving them out means mean 0 and std 1, no normalization at all.")
+# The service never sees the accuracy a model scored at validation; this gate is where a pipeline states it.
+CLEAN_GATE_HELP = (" (give the model's validation accuracy less a tolerance: a clean accuracy well below it "
+                   "usually means a wrong --input, not a worse model)")
+CLEAN_GATE_HINT = ("a clean accuracy below the model's validation figure usually means the inputs differ from "
+                   "training: check --input's mean and std (on the [0, 1] scale), the channel order (RGB vs BGR) "
+                   "and the preprocessing")
 # Flags whose values start with a minus sign that argparse would take for an option.
 _SIGNED_VALUE_FLAGS = ("--dx", "--dy", "--shift-list", "--angle", "--scale", "--brightness")
 TRANSFORM_AXES = ("angle", "scale", "brightness")
@@ -113,7 +120,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_gate_and_output_arguments(parser: argparse.ArgumentParser) -> None:
     """Thresholds, baselines, how the run executes, and where its results go."""
     for metric, dest, flag in GATES:
-        parser.add_argument(flag, dest=dest, type=float, metavar="X", help=f"exit 1 if {metric} < X")
+        parser.add_argument(flag, dest=dest, type=float, metavar="X", help=f"exit 1 if {metric} < X"
+                            + (CLEAN_GATE_HELP if metric == "clean_accuracy" else ""))
     parser.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
                         help="stop each sample at its first wrong shift: exact worst_case_accuracy and "
                              "clean_accuracy only, much faster (default: on when --min-worst-case is the only gate)")
@@ -293,7 +301,8 @@ def gate(summary: dict[str, Any], args: argparse.Namespace,
         shown = "none" if value is None else f"{value:.4f}"
         gates.append({"metric": metric, "flag": flag, "threshold": threshold, "value": value, "passed": passed,
                       "name": f"{metric} >= {threshold:g}",
-                      "message": f"{metric} {shown} {'meets' if passed else 'is below'} {flag} {threshold:g}"})
+                      "message": f"{metric} {shown} {'meets' if passed else 'is below'} {flag} {threshold:g}"
+                      + ("" if passed or metric != "clean_accuracy" else f": {CLEAN_GATE_HINT}")})
     for metric, bound in (max_drops(args).items() if baseline is not None else ()):
         value, before = summary.get(metric), (baseline.get("summary") or {}).get(metric)
         if value is None or before is None:

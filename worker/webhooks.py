@@ -65,8 +65,12 @@ class DeadlinePassed(Exception):
     """The receiver took longer than the delivery's deadline in all."""
 
 
-def post(target: Target, body: bytes, headers: dict[str, str], deadline_s: float) -> int:
-    """POST `body` to the target's checked address, all of it within `deadline_s`; the status code."""
+def post(target: Target, body: bytes, headers: dict[str, str], deadline_s: float,
+         tls: ssl.SSLContext | None = None) -> int:
+    """POST `body` to the target's checked address, all of it within `deadline_s`; the status code.
+
+    `tls` verifies an https receiver (default: the system's trust store, read when the call makes it).
+    """
     family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
     held = [socket.socket(family, socket.SOCK_STREAM)]
     expired = threading.Event()
@@ -87,7 +91,8 @@ def post(target: Target, body: bytes, headers: dict[str, str], deadline_s: float
         held[0].connect((target.address, target.port))
         if target.scheme == "https":
             # SNI and the certificate check use the URL's host, though we connect by address.
-            held[0] = ssl.create_default_context().wrap_socket(held[0], server_hostname=target.host)
+            context = tls or ssl.create_default_context()
+            held[0] = context.wrap_socket(held[0], server_hostname=target.host)
         host = f"[{target.host}]" if ":" in target.host else target.host
         default_port = 443 if target.scheme == "https" else 80
         connection = http.client.HTTPConnection(target.host, target.port)

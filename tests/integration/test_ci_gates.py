@@ -118,3 +118,24 @@ def test_a_baseline_that_does_not_exist_or_compare_is_a_usage_error(cli, tmp_pat
     assert lonely.returncode == EXIT_USAGE and "--baseline and --max-drop go together" in lonely.stderr
     bad = cli("--model-id", "ci-cnn", *SWEEP, "--quiet", "--baseline", "ci-cnn", "--max-drop", "accuracy=0.1")
     assert bad.returncode == EXIT_USAGE and "METRIC=X" in bad.stderr
+
+
+def test_a_clean_accuracy_gate_catches_a_wrong_input_that_no_warning_flags(cli, digits_model_file, tmp_path):
+    # The README's model with mean and std left out: well above chance, so the evaluation carries no warning.
+    unnormalized = {key: value for key, value in DIGITS_INPUT.items() if key not in ("mean", "std")}
+    report = tmp_path / "clean.xml"
+    run = cli(str(digits_model_file), "--name", "ci-unnormalized", "--input", json.dumps(unnormalized),
+              "--max-shift", "0", "--min-clean-accuracy", "0.98", "--junit-xml", str(report), "--json")
+    assert run.returncode == EXIT_BELOW_THRESHOLD, run.stderr
+    out = json.loads(run.stdout)
+    assert round(out["summary"]["clean_accuracy"], 3) == 0.714 and out["warnings"] == []
+    _, [case] = junit(report)
+    message = case.find("failure").get("message")
+    assert message.startswith("clean_accuracy 0.7140 is below --min-clean-accuracy 0.98: ")
+    assert "mean and std (on the [0, 1] scale)" in message and "RGB vs BGR" in message
+
+    # Declared as trained, the same file passes the same gate.
+    right = cli(str(digits_model_file), "--name", "ci-normalized", "--input", json.dumps(DIGITS_INPUT),
+                "--max-shift", "0", "--min-clean-accuracy", "0.98", "--json", "--quiet")
+    assert right.returncode == EXIT_OK, right.stderr
+    assert json.loads(right.stdout)["summary"]["clean_accuracy"] >= 0.98

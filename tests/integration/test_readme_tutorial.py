@@ -91,7 +91,7 @@ def test_the_readme_tutorial_runs_as_printed(up, tmp_path):
     assert re.findall(r"^exit code (\d+)$", run.stdout, re.M) == ["0", "1", "0"], run.stdout[-3000:]
     assert "consistency 0.2428 is below --min-consistency 0.5" in run.stderr
     cases = ET.parse(tmp_path / "gates.xml").getroot().findall("testsuite/testcase")
-    assert [c.get("name") for c in cases] == ["consistency >= 0.2", "mean_accuracy >= 0.15"]
+    assert [c.get("name") for c in cases] == ["clean_accuracy >= 0.98", "consistency >= 0.2", "mean_accuracy >= 0.15"]
     assert all(c.find("failure") is None for c in cases)
 
     # Uploading the same file under the same name (curl, then the CLI) kept one model.

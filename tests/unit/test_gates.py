@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from shiftscore import junit
-from shiftscore.eval_command import UsageError, add_eval_parser, gate, wants_early_exit
+from shiftscore.eval_command import UsageError, _check_usage, add_eval_parser, gate, wants_early_exit
 
 BASELINE = {"id": "base", "summary": {"consistency": 0.80, "worst_case_accuracy": 0.50, "flip_rate": 0.10,
                                       "mean_accuracy": 0.9, "clean_accuracy": 0.99}}
@@ -67,3 +67,21 @@ def test_junit_counts_failures_and_errors(tmp_path):
 ])
 def test_early_exit_by_default_only_for_a_lone_worst_case_gate(argv, expected):
     assert wants_early_exit(args(*argv)) is expected
+
+
+def test_a_clean_accuracy_below_the_declared_figure_fails_and_names_the_likely_causes():
+    # The README's model with its mean and std left out: 0.714 clean, far above chance (0.1), no warning.
+    normalized_wrong = {**BASELINE["summary"], "clean_accuracy": 0.714}
+    gates = gate(normalized_wrong, args("--min-clean-accuracy", "0.98", "--min-consistency", "0.2"))
+    assert [(g["metric"], g["passed"]) for g in gates] == [("clean_accuracy", False), ("consistency", True)]
+    assert gates[0]["message"].startswith("clean_accuracy 0.7140 is below --min-clean-accuracy 0.98: ")
+    assert "mean and std (on the [0, 1] scale)" in gates[0]["message"]
+    assert "RGB vs BGR" not in gates[1]["message"]
+    passed = gate(BASELINE["summary"], args("--min-clean-accuracy", "0.98"))[0]
+    assert passed["passed"] and passed["message"] == "clean_accuracy 0.9900 meets --min-clean-accuracy 0.98"
+
+
+def test_a_clean_accuracy_gate_turns_early_exit_off_and_must_be_a_fraction():
+    assert wants_early_exit(args("--min-worst-case", "0.5", "--min-clean-accuracy", "0.9")) is False
+    with pytest.raises(UsageError, match="--min-clean-accuracy must be between 0 and 1"):
+        _check_usage(args("--min-clean-accuracy", "98"))

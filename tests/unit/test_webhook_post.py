@@ -35,6 +35,8 @@ class Listener:
         while True:
             try:
                 conn, _ = self.sock.accept()
+            except ssl.SSLError:
+                continue  # the handshake failed (a client that refused our certificate): serve the next one
             except OSError:
                 return
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
@@ -124,15 +126,18 @@ def test_an_address_refused_at_delivery_is_never_connected_to():
 
 
 @pytest.fixture
-def tls_listener(tmp_path, monkeypatch):
-    """A TLS receiver on 127.0.0.2 whose self-signed certificate names hooks.test, trusted via SSL_CERT_FILE."""
+def tls_listener(tmp_path):
+    """A TLS receiver on 127.0.0.2 whose self-signed certificate names hooks.test; `trust` verifies it.
+
+    The client's context is built from the certificate itself, not from SSL_CERT_FILE: the environment
+    reaches only contexts made after it is set, so the test would depend on what ran before it.
+    """
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.test",
                     "-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     names: list[str | None] = []
@@ -140,14 +145,19 @@ def tls_listener(tmp_path, monkeypatch):
 
     listener = Listener(_answer, tls=context)
     listener.names = names
+    listener.trust = ssl.create_default_context(cafile=str(cert))
     yield listener
     listener.close()
 
 
 def test_tls_names_the_urls_host_while_connecting_to_the_checked_address(tls_listener):
     target = Target("https", "hooks.test", tls_listener.port, "/hook", "127.0.0.2")
-    assert post(target, b"{}", {}, deadline_s=5) == 204
+    assert post(target, b"{}", {}, deadline_s=5, tls=tls_listener.trust) == 204
     assert tls_listener.names == ["hooks.test"]
     assert f"Host: hooks.test:{tls_listener.port}\r\n" in tls_listener.heads[0].decode()
     with pytest.raises(ssl.SSLCertVerificationError):
-        post(Target("https", "other.test", tls_listener.port, "/hook", "127.0.0.2"), b"{}", {}, deadline_s=5)
+        post(Target("https", "other.test", tls_listener.port, "/hook", "127.0.0.2"), b"{}", {}, deadline_s=5,
+             tls=tls_listener.trust)
+    # Without the certificate among its trusted roots, the default context refuses the receiver.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        post(target, b"{}", {}, deadline_s=5)
