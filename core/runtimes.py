@@ -119,6 +119,8 @@ def real_data_record(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "chunks": len(parts), "rows": sum(part["rows"] for part in parts),
         "argmax_equal": sum(part["argmax_equal"] for part in parts),
         "max_abs_diff": closest["max_abs_diff"], "tolerance": closest["tolerance"], "fell_back_chunks": fell_back,
+        # Records from before near ties were re-run have none.
+        "near_tie_rows": sum(part.get("near_tie_rows", 0) for part in parts),
     }}
     if fell_back:
         # Only torch models have other runtimes, each checked against torch eager.

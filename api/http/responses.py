@@ -94,6 +94,8 @@ class RealDataCheck(BaseModel):
     max_abs_diff: float | None = Field(description="of the chunk nearest to (or furthest past) its tolerance")
     tolerance: float | None
     fell_back_chunks: int = Field(description="chunks that ran on torch eager because the chosen runtime disagreed")
+    near_tie_rows: int = Field(0, description="views whose two best logits were within twice the agreement "
+                                              "tolerance on the chosen runtime, forwarded again on torch eager")
 
 
 class EvaluationRuntime(BaseModel):

@@ -16,7 +16,7 @@ from core.runtimes import REAL_DATA_CHECK, REAL_DATA_ROWS
 from worker.engine.layers import LAYERS
 from worker.engine.tally import EXAMPLE_FIELDS, MAX_EXAMPLES
 
-_REAL_DATA_FIELDS = {"rows", "argmax_equal", "max_abs_diff", "tolerance", "agrees"}
+_REAL_DATA_FIELDS = {"rows", "argmax_equal", "max_abs_diff", "tolerance", "agrees", "near_tie_rows"}
 
 MAX_TEXT = 500
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -174,8 +174,9 @@ def check_layers(data: Any, num_shifts: int) -> None:
     _matrix(data.get("eq_cells"), len(names), num_shifts, "eq_cells", integral=True)
 
 
-def check_real_data(data: Any, num_samples: int) -> None:
-    """A chunk's real-data check (worker/sandbox/real_data.py): its first samples, at most REAL_DATA_ROWS."""
+def check_real_data(data: Any, num_samples: int, num_shifts: int) -> None:
+    """A chunk's real-data check (worker/sandbox/real_data.py): its first samples, at most REAL_DATA_ROWS,
+    and the views it re-ran on the model's own runtime (worker/sandbox/near_ties.py)."""
     if not isinstance(data, dict) or set(data) != _REAL_DATA_FIELDS:
         raise BadResult("the real-data check is malformed")
     if _count(data["rows"], "rows") != min(num_samples, REAL_DATA_ROWS):
@@ -189,6 +190,11 @@ def check_real_data(data: Any, num_samples: int) -> None:
             raise BadResult(f"the real-data check's {key} is not a finite number")
     if not isinstance(data["agrees"], bool):
         raise BadResult("the real-data check does not say whether it agrees")
+    # each sample's views: its clean one and one per shift
+    if _count(data["near_tie_rows"], "near_tie_rows") > num_samples * (num_shifts + 1):
+        raise BadResult("the real-data check re-ran more views than the chunk has")
+    if data["near_tie_rows"] and not data["agrees"]:
+        raise BadResult("a chunk that fell back to the model's own runtime re-ran near ties on it")
     if data["agrees"] and (data["argmax_equal"] != data["rows"] or data["max_abs_diff"] is None
                            or data["tolerance"] is None or data["max_abs_diff"] > data["tolerance"]):
         raise BadResult("the real-data check says it agrees against its own figures")
@@ -212,6 +218,6 @@ def check_chunk_tally(data: Any, task: str, num_shifts: int, num_samples: int, l
     elif LAYERS in data:
         raise BadResult("the result holds a layer profile nobody asked for")
     if real_data:
-        check_real_data(data.get(REAL_DATA_CHECK), num_samples)
+        check_real_data(data.get(REAL_DATA_CHECK), num_samples, num_shifts)
     elif REAL_DATA_CHECK in data:
         raise BadResult("the result holds a real-data check for the model's own runtime")

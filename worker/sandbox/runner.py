@@ -22,6 +22,7 @@ from worker.engine.layers import LAYERS, run_layer_profile
 from worker.engine.plan import SweepError, SweepPlan, sample_indices
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.sandbox import backends, real_data
+from worker.sandbox.near_ties import NearTiesOnReference
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
@@ -106,7 +107,7 @@ class Runner:
             tally = sweep(forward, images, targets, rows, plan, tally=saved, **common)
         chunk_tally = tally.to_json()
         if check is not None:
-            chunk_tally[REAL_DATA_CHECK] = check
+            chunk_tally[REAL_DATA_CHECK] = {**check, "near_tie_rows": getattr(forward, "rerun", 0)}
         asked = request.get(LAYERS)
         if asked:
             names = None if asked is True else list(asked)
@@ -128,7 +129,7 @@ class Runner:
             return self.model, None
         check = real_data.check_chunk(self.model, self.forward, images, rows, plan, batch_size=batch_size,
                                       device=self.device, on_forward=lambda: self.send("alive"))
-        return (self.forward if check["agrees"] else self.model), check
+        return (NearTiesOnReference(self.forward, self.model) if check["agrees"] else self.model), check
 
     def _progress(self, done: int) -> None:
         self.send("progress", done=int(done))
