@@ -44,11 +44,13 @@ def end_to_end(stack, session, name, model, images, labels, radius, mean, std, w
     tally = run_sweep(eager, images, labels, np.arange(len(labels)), plan, batch_size=256)
     same = tally.shift_correct.tolist() == _counts(session, evaluation_id)
     runtime = evaluation["runtime"]
+    near_ties = (runtime.get("real_data_check") or {}).get("near_tie_rows")
     candidates = session.get(f"/v1/models/{evaluation['model_id']}").json()["runtime"]["candidates"]
     measured = "; ".join(
         f"{backend} {entry['seconds_per_image'] * 1e6:.0f} µs/img" if entry["kept"] else f"{backend} refused"
         for backend, entry in candidates.items())
-    return [name, row[1], f"{runtime['backend']} @ {runtime['batch_size']}", measured, baseline.wall, row[3],
+    ran = f"{runtime['backend']} @ {runtime['batch_size']}" + ("" if near_ties is None else f", {near_ties} near ties on torch")
+    return [name, row[1], ran, measured, baseline.wall, row[3],
             row[3] / baseline.wall, "yes" if same else "NO"]
 
 
