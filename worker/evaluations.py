@@ -27,6 +27,7 @@ from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
 from worker.heartbeat import Heartbeat
 from worker.engine.layers import LAYERS
+from worker.engine.plan import sweep_kind
 from core.runtimes import evaluation_runtime, reference_backend
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
@@ -273,8 +274,8 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
                                   bool(job.request.get(LAYERS)), backend != reference_backend(job.model["format"]))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    finisher = "worst_case" if task == "classification" and job.request.get("early_exit") else task
-    retrying(partial(completion.complete_chunk, finisher, claimed, chunk_tally, reporter.high_water, grid))
+    retrying(partial(completion.complete_chunk, sweep_kind(task, job.request), claimed, chunk_tally,
+                     reporter.high_water, grid))
 
 
 def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:

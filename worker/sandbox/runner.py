@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,14 +19,29 @@ from core.runtimes import REAL_DATA_CHECK
 from worker.engine.device import pick_device
 from worker.engine.early_exit import run_worst_case
 from worker.engine.layers import LAYERS, run_layer_profile
-from worker.engine.plan import SweepError, SweepPlan, sample_indices
+from worker.engine.plan import SweepError, SweepPlan, sample_indices, sweep_kind
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
-from worker.sandbox import backends, real_data
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
+from worker.sandbox import backends, real_data
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
 
 Send = Callable[..., None]
+
+
+class Engine(NamedTuple):
+    """How one kind of sweep runs a chunk, and how its saved tally is read back to resume."""
+
+    run: Callable[..., Any]
+    saved: Callable[[dict[str, Any]], Any]
+
+
+# Sweep kind (worker.engine.plan.sweep_kind) -> its engine; worker.completion.FINISHERS has the same keys.
+ENGINES: dict[str, Engine] = {
+    "classification": Engine(run_sweep, Tally.from_json),
+    "worst_case": Engine(run_worst_case, Tally.from_json),
+    "segmentation": Engine(run_segmentation_sweep, SegmentationTally.from_json),
+}
 
 
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
@@ -97,14 +112,9 @@ class Runner:
             batch_size=int(job["batch_size"]), device=self.device,
             start=job["position"] - job["start"], on_progress=self._progress, on_chunk=checkpoints,
         )
-        if self.fields["task"] == "segmentation":
-            saved = SegmentationTally.from_json(job["tally"]) if job["tally"] else None
-            tally: Any = run_segmentation_sweep(forward, images, targets, rows, plan, tally=saved, **common)
-        else:
-            saved = Tally.from_json(job["tally"]) if job["tally"] else None
-            sweep = run_worst_case if request.get("early_exit") else run_sweep
-            tally = sweep(forward, images, targets, rows, plan, tally=saved, **common)
-        chunk_tally = tally.to_json()
+        engine = ENGINES[sweep_kind(self.fields["task"], request)]
+        saved = engine.saved(job["tally"]) if job["tally"] else None
+        chunk_tally = engine.run(forward, images, targets, rows, plan, tally=saved, **common).to_json()
         if check is not None:
             chunk_tally[REAL_DATA_CHECK] = check
         asked = request.get(LAYERS)
