@@ -257,7 +257,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     grid = build_sweep_grid(job.request)
     reporter = _Reporter(claimed, settings.progress_interval_s)
     task = job.model["task"]
-    on_event = partial(_on_sweep_event, reporter, task, grid.size)
+    on_event = partial(_on_sweep_event, reporter, task, grid.size, bool(job.request.get(LAYERS)))
     result = cage.run(
         {
             "op": "sweep", "request": job.request, "start": claimed.start, "stop": claimed.stop,
@@ -278,7 +278,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
                      reporter.high_water, grid))
 
 
-def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:
+def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, layers: bool, message: dict[str, Any]) -> None:
     """Progress and checkpoints from the cage, checked before they are written."""
     event = message.get("event")
     if event == "progress":
@@ -292,7 +292,7 @@ def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: di
         if isinstance(next_start, bool) or not isinstance(next_start, int) or not 0 < next_start <= span:
             raise CageFailure("protocol", "the sandbox reported an impossible checkpoint")
         try:
-            results.check_chunk_tally(tally, task, num_shifts, next_start, layers=False)
+            results.check_checkpoint(tally, task, num_shifts, next_start, span, layers)
         except results.BadResult as exc:
             raise CageFailure("protocol", f"a checkpoint from the sandbox is malformed: {exc}") from exc
         reporter.checkpoint(tally, next_start)
