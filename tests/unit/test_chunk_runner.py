@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,36 @@ def test_a_checkpoint_with_a_profile_nobody_asked_for_or_before_the_sweep_is_don
     beyond = {**profiled["tally"], LAYERS: {**profiled["tally"][LAYERS], "n": SPAN + 1}}
     with pytest.raises(results.BadResult, match="not over samples the sweep has done"):
         results.check_checkpoint(beyond, "classification", num_shifts, SPAN, SPAN, layers=True)
+
+
+class _Reporter:
+    """What worker.evaluations writes, kept in lists (the real one writes the chunk row)."""
+
+    def __init__(self, total: int) -> None:
+        self.claimed = SimpleNamespace(start=0, stop=SPAN, total=total)
+        self.progressed: list[int] = []
+        self.checkpoints: list[tuple[dict, int]] = []
+
+    def progress(self, done: int) -> None:
+        self.progressed.append(done)
+
+    def checkpoint(self, tally: dict, next_start: int) -> None:
+        self.checkpoints.append((tally, next_start))
+
+
+def test_the_worker_takes_the_profile_s_progress_and_checkpoints(paths):
+    from worker.evaluations import _on_sweep_event
+    from worker.sandbox.cage import CageFailure
+
+    events: list[tuple[str, dict]] = []
+    _sweep(_runner(paths, events))
+    grid = build_sweep_grid(REQUEST)
+    asked, unasked = _Reporter(SPAN * grid.images_per_sample), _Reporter(SPAN * grid.images_per_sample)
+    for event, fields in events:
+        _on_sweep_event(asked, "classification", grid.size, True, {"event": event, **fields})
+    assert [n for _, n in asked.checkpoints] == [16, 32, 40, 40, 40, 40]
+    assert asked.progressed[-1] == SPAN * grid.images_per_sample
+    with pytest.raises(CageFailure, match="checkpoint from the sandbox is malformed"):
+        for event, fields in events:
+            _on_sweep_event(unasked, "classification", grid.size, False, {"event": event, **fields})
+    assert len(unasked.checkpoints) == 3
