@@ -19,16 +19,16 @@ from typing import Any
 from core.chunking import chunk_bounds
 from core.grid import build_sweep_grid
 from core.queue import enqueue_chunk
+from core.runtimes import evaluation_runtime, reference_backend
 from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
-from worker.heartbeat import Heartbeat
 from worker.engine.layers import LAYERS
 from worker.engine.plan import sweep_kind
-from core.runtimes import evaluation_runtime, reference_backend
+from worker.heartbeat import Heartbeat
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain

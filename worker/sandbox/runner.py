@@ -23,8 +23,8 @@ from worker.engine.plan import SweepError, SweepPlan, sample_indices, sweep_kind
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
-from worker.sandbox import backends, real_data
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
+from worker.sandbox import backends, real_data
 
 Send = Callable[..., None]
 
