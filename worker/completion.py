@@ -62,7 +62,8 @@ def _finish_segmentation(session: Session, evaluation_id: str, tallies: list[dic
     return True
 
 
-# Task (or a classification's early-exit gate, "worst_case") -> how the merged tallies become the evaluation's results; True when this call finished it.
+# Sweep kind (worker.engine.plan.sweep_kind) -> how the merged tallies become the evaluation's results;
+# True when this call finished it. worker.sandbox.runner.ENGINES has the same keys.
 FINISHERS: dict[str, Callable[[Session, str, list[dict[str, Any]], Grid], bool]] = {
     "classification": _finish_classification,
     "worst_case": _finish_worst_case,

@@ -19,15 +19,16 @@ from typing import Any
 from core.chunking import chunk_bounds
 from core.grid import build_sweep_grid
 from core.queue import enqueue_chunk
+from core.runtimes import evaluation_runtime, reference_backend
 from core.settings import Settings, get_settings
 from db import jobs
 from db.blobs import blob_path, prune_cache
 from db.models import Dataset, Evaluation, Model
 from db.session import StillFailing, is_transient, retrying, session_scope
 from worker import completion
-from worker.heartbeat import Heartbeat
 from worker.engine.layers import LAYERS
-from core.runtimes import evaluation_runtime, reference_backend
+from worker.engine.plan import sweep_kind
+from worker.heartbeat import Heartbeat
 from worker.sandbox import results
 from worker.sandbox.cage import CageFailure
 from worker.sandbox.failures import explain
@@ -256,7 +257,7 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
     grid = build_sweep_grid(job.request)
     reporter = _Reporter(claimed, settings.progress_interval_s)
     task = job.model["task"]
-    on_event = partial(_on_sweep_event, reporter, task, grid.size)
+    on_event = partial(_on_sweep_event, reporter, task, grid.size, bool(job.request.get(LAYERS)))
     result = cage.run(
         {
             "op": "sweep", "request": job.request, "start": claimed.start, "stop": claimed.stop,
@@ -273,11 +274,11 @@ def _sweep(job: Job, settings: Settings, until: float) -> None:
                                   bool(job.request.get(LAYERS)), backend != reference_backend(job.model["format"]))
     except results.BadResult as exc:
         raise CageFailure("protocol", str(exc)) from exc
-    finisher = "worst_case" if task == "classification" and job.request.get("early_exit") else task
-    retrying(partial(completion.complete_chunk, finisher, claimed, chunk_tally, reporter.high_water, grid))
+    retrying(partial(completion.complete_chunk, sweep_kind(task, job.request), claimed, chunk_tally,
+                     reporter.high_water, grid))
 
 
-def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: dict[str, Any]) -> None:
+def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, layers: bool, message: dict[str, Any]) -> None:
     """Progress and checkpoints from the cage, checked before they are written."""
     event = message.get("event")
     if event == "progress":
@@ -291,7 +292,7 @@ def _on_sweep_event(reporter: _Reporter, task: str, num_shifts: int, message: di
         if isinstance(next_start, bool) or not isinstance(next_start, int) or not 0 < next_start <= span:
             raise CageFailure("protocol", "the sandbox reported an impossible checkpoint")
         try:
-            results.check_chunk_tally(tally, task, num_shifts, next_start, layers=False)
+            results.check_checkpoint(tally, task, num_shifts, next_start, span, layers)
         except results.BadResult as exc:
             raise CageFailure("protocol", f"a checkpoint from the sandbox is malformed: {exc}") from exc
         reporter.checkpoint(tally, next_start)

@@ -58,21 +58,29 @@ def show(evaluation_id: str):
         return jsonify(evaluation_json(evaluation, evaluations.warnings_by_id(session, [evaluation])[evaluation.id]))
 
 
-def _check_whole_table() -> None:
-    """format=csv is the whole table: `limit` and `cursor` page only the JSON."""
+def _csv_table(table, evaluation_id: str, empty_columns: list[str], name: str) -> Response:
+    """Every row of `table(session, tenant, evaluation_id)` as one CSV file, its columns the first row's keys.
+
+    format=csv is the whole table: `limit` and `cursor` page only the JSON.
+    """
     if {"limit", "cursor"} & set(request.args):
         raise BadRequest("format=csv is always the whole table in one file; leave out 'limit' and 'cursor' "
                          "(they page the JSON)", errors=[{"field": "format", "message": "csv takes no paging"}])
-
-
-def _csv(rows: list[dict], empty_columns: list[str], filename: str) -> Response:
-    """Rows as one CSV file, its columns the first row's keys."""
+    with session_scope() as session:
+        rows = table(session, current_tenant(), evaluation_id)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else empty_columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return Response(out.getvalue(), mimetype="text/csv",
-                    headers={"Content-Disposition": f"attachment; filename={filename}"})
+                    headers={"Content-Disposition": f"attachment; filename={evaluation_id}-{name}.csv"})
+
+
+def _page(lister, evaluation_id: str, query: ResultsPage):
+    """One page of `lister(session, tenant, evaluation_id, limit, cursor)`'s rows as JSON."""
+    with session_scope() as session:
+        rows, cursor = lister(session, current_tenant(), evaluation_id, query.limit, query.cursor)
+    return jsonify(items=rows, next_cursor=cursor)
 
 
 @bp.get("/<evaluation_id>/shifts")
@@ -82,14 +90,10 @@ def _csv(rows: list[dict], empty_columns: list[str], filename: str) -> Response:
 def shifts(evaluation_id: str):
     query = parse(ShiftsQuery, request.args.to_dict(), "query")
     if query.format == "csv":
-        _check_whole_table()
-        with session_scope() as session:
-            rows = evaluations.shift_results(session, current_tenant(), evaluation_id)
         # Segmentation rows carry their dense metrics after the classification columns.
-        return _csv(rows, ["dx", "dy", "accuracy", "agreement", "correct", "n"], f"{evaluation_id}-shifts.csv")
-    with session_scope() as session:
-        rows, cursor = evaluations.shift_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
-    return jsonify(items=rows, next_cursor=cursor)
+        columns = ["dx", "dy", "accuracy", "agreement", "correct", "n"]
+        return _csv_table(evaluations.shift_results, evaluation_id, columns, "shifts")
+    return _page(evaluations.shift_page, evaluation_id, query)
 
 
 @bp.get("/<evaluation_id>/marginals")
@@ -97,20 +101,14 @@ def shifts(evaluation_id: str):
            "a page at a time", query=ResultsPage,
            responses={200: Reply("per axis, its values ascending", responses.MarginalRows), 409: "not succeeded yet"})
 def marginals(evaluation_id: str):
-    query = parse(ResultsPage, request.args.to_dict(), "query")
-    with session_scope() as session:
-        rows, cursor = evaluations.marginal_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
-    return jsonify(items=rows, next_cursor=cursor)
+    return _page(evaluations.marginal_page, evaluation_id, parse(ResultsPage, request.args.to_dict(), "query"))
 
 
 @bp.get("/<evaluation_id>/classes")
 @operation("Per-class accuracies by label, a page at a time", query=ResultsPage,
            responses={200: Reply("one row per label", responses.ClassRows), 409: "not succeeded yet"})
 def classes(evaluation_id: str):
-    query = parse(ResultsPage, request.args.to_dict(), "query")
-    with session_scope() as session:
-        rows, cursor = evaluations.class_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
-    return jsonify(items=rows, next_cursor=cursor)
+    return _page(evaluations.class_page, evaluation_id, parse(ResultsPage, request.args.to_dict(), "query"))
 
 
 @bp.get("/<evaluation_id>/examples")
@@ -124,13 +122,8 @@ def classes(evaluation_id: str):
 def examples(evaluation_id: str):
     query = parse(ExamplesQuery, request.args.to_dict(), "query")
     if query.format == "csv":
-        _check_whole_table()
-        with session_scope() as session:
-            rows = evaluations.example_table(session, current_tenant(), evaluation_id)
-        return _csv(rows, list(evaluations.EXAMPLE_COLUMNS), f"{evaluation_id}-examples.csv")
-    with session_scope() as session:
-        rows, cursor = evaluations.example_page(session, current_tenant(), evaluation_id, query.limit, query.cursor)
-    return jsonify(items=rows, next_cursor=cursor)
+        return _csv_table(evaluations.example_table, evaluation_id, list(evaluations.EXAMPLE_COLUMNS), "examples")
+    return _page(evaluations.example_page, evaluation_id, query)
 
 
 @bp.get("/<evaluation_id>/layers")
@@ -139,10 +132,7 @@ def examples(evaluation_id: str):
            responses={200: Reply("layers in forward order, the model output last", responses.LayerProfile),
                       404: "no such evaluation, or it was submitted without 'layers'", 409: "not succeeded yet"})
 def layer_profile(evaluation_id: str):
-    query = parse(ResultsPage, request.args.to_dict(), "query")
-    with session_scope() as session:
-        rows, cursor = layers.layer_profile(session, current_tenant(), evaluation_id, query.limit, query.cursor)
-    return jsonify(items=rows, next_cursor=cursor)
+    return _page(layers.layer_profile, evaluation_id, parse(ResultsPage, request.args.to_dict(), "query"))
 
 
 @bp.get("/<evaluation_id>/report.html")

@@ -191,10 +191,17 @@ def sign_in(driver, url: str, token: str) -> None:
 
 
 def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
+    token = carol.headers["Authorization"].removeprefix("Bearer ")
+    _refuses_a_bad_token(browser, pg_stack)
+    _lists_every_evaluation_live(browser, pg_stack, carol, evaluations, token)
+    _shows_one_evaluation(browser, pg_stack, carol, evaluations)
+    _compares_two_models(browser, evaluations)
+    _ranks_the_leaderboard(browser, pg_stack, carol)
+
+
+def _refuses_a_bad_token(driver, pg_stack) -> None:
     from selenium.webdriver.common.by import By
 
-    token = carol.headers["Authorization"].removeprefix("Bearer ")
-    driver = browser
     driver.get(pg_stack.url + "/dashboard/")
     driver.execute_script("sessionStorage.clear()")
     driver.get(pg_stack.url + "/dashboard/")
@@ -202,6 +209,10 @@ def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
     driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
     wait_for(driver, lambda d: d.find_element(By.ID, "login-error").is_displayed())
     assert "not accepted" in driver.find_element(By.ID, "login-error").text
+
+
+def _lists_every_evaluation_live(driver, pg_stack, carol, evaluations, token: str) -> None:
+    from selenium.webdriver.common.by import By
 
     # The list: every evaluation, its model's name, and a live row for a sweep submitted now.
     sign_in(driver, pg_stack.url + "/dashboard/", token)
@@ -226,6 +237,10 @@ def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
         return [card.scrollWidth, card.clientWidth, document.documentElement.scrollWidth, window.innerWidth];""")
     assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
     screenshot(driver, "evaluations")
+
+
+def _shows_one_evaluation(driver, pg_stack, carol, evaluations) -> None:
+    from selenium.webdriver.common.by import By
 
     # One evaluation: summary, heatmap, per-class table, fragile samples as images.
     cnn = evaluations["cnn"]
@@ -253,13 +268,20 @@ def test_dashboard_in_chromium(pg_stack, carol, evaluations, browser):
     shown = pixels[y:y + h, x:x + w].astype(int)
     assert np.abs(shown - expected).mean() < 2  # the heatmap's own pixels are on the screen
 
+
+def _compares_two_models(driver, evaluations) -> None:
     # Compare with the other model of the same sweep.
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     Select(driver.find_element(By.ID, "compare-with")).select_by_value(evaluations["circular"]["id"])
     wait_for(driver, lambda d: d.execute_script(
         "const i = document.getElementById('comparison'); return !i.hidden && i.complete && i.naturalWidth > 0"))
     screenshot(driver, "evaluation-compare")
+
+
+def _ranks_the_leaderboard(driver, pg_stack, carol) -> None:
+    from selenium.webdriver.common.by import By
 
     # The leaderboard: one table per sweep, ranked.
     driver.get(pg_stack.url + "/dashboard/leaderboard?dataset_id=digits&metric=consistency")

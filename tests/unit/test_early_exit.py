@@ -108,3 +108,17 @@ def test_gate_resumes_from_a_checkpoint_and_stops_failing_samples_early():
 def test_gate_order_is_fixed_reference_then_farthest_first():
     plan = SweepPlan(build_grid({"dx": [-1, 1], "dy": [0, 1], "step": 1}), "zeros", 0.0, (0.0,), (1.0,), (4, 4))
     assert gate_order(plan) == [(0.0, 0.0), (-1.0, 1.0), (1.0, 1.0), (-1.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+
+
+def test_an_early_exit_classification_is_swept_by_the_gate_and_finished_as_worst_case():
+    from worker.completion import FINISHERS
+    from worker.engine.plan import sweep_kind
+    from worker.sandbox.runner import ENGINES
+
+    assert sweep_kind("classification", {"early_exit": True}) == "worst_case"
+    assert sweep_kind("classification", {"early_exit": False}) == "classification"
+    assert sweep_kind("segmentation", {}) == "segmentation"
+    assert ENGINES["worst_case"].run is run_worst_case
+    assert ENGINES["classification"].run is run_sweep
+    # Every kind a chunk is swept as has a finisher that records it, and no finisher waits for a kind never swept.
+    assert set(ENGINES) == set(FINISHERS)

@@ -168,20 +168,22 @@ def drive(
     plan: SweepPlan,
     *,
     reference_alone: bool,
-    batch_size: int,
-    device: torch.device,
-    start: int,
-    prefetch: bool | None,
-    on_progress: Callable[[int], None] | None,
-    on_chunk: Callable[[Any, int], None] | None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    start: int = 0,
+    prefetch: bool | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[Any, int], None] | None = None,
 ) -> Any:
     """Run `indices[start:]` through `forward` into `accumulator`; return its tally.
 
-    `on_progress(images_done)` runs after every forward batch and may raise to stop
-    the sweep; `on_chunk(tally, next_start)` runs after every chunk of samples, so a
-    caller can checkpoint and later resume from `next_start`. `prefetch` defaults to
-    on for CUDA only; results are the same either way.
+    These options are every task's (run_sweep, run_segmentation_sweep, run_layer_profile
+    pass them on). `on_progress(images_done)` runs after every forward batch and may
+    raise to stop the sweep; `on_chunk(tally, next_start)` runs after every chunk of
+    samples, so a caller can checkpoint and later resume from `next_start`. `prefetch`
+    defaults to on for CUDA only; results are the same either way.
     """
+    device = torch.device(device)
     if prefetch is None:
         # Measured (benchmarks/README.md): on CPU a second thread made no difference beyond the
         # noise (preparing a chunk is tiny next to its forward passes), so one thread is

@@ -321,24 +321,16 @@ def run_layer_profile(
     plan: SweepPlan,
     layers: Sequence[str] | None = None,
     *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
     tally: LayerTally | None = None,
-    start: int = 0,
-    on_progress: Callable[[int], None] | None = None,
-    on_chunk: Callable[[LayerTally, int], None] | None = None,
-    prefetch: bool | None = None,
+    **options: Any,
 ) -> LayerTally:
     """Profile `layers` (None: the default stages) and the model output over the plan's grid.
 
-    Resumes `tally` at `start`; the options as in worker.engine.driver.drive.
+    Resumes `tally` at `start`; `options` as in worker.engine.driver.drive.
     """
     indices = np.asarray(indices, dtype=np.int64)
     sums = LayerSums(model, plan, layers, tally)
-    return drive(
-        sums.forward, sums, images, indices, plan, reference_alone=True, batch_size=batch_size,
-        device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
-    )
+    return drive(sums.forward, sums, images, indices, plan, reference_alone=True, **options)
 
 
 def _accumulate(

@@ -196,21 +196,13 @@ def run_segmentation_sweep(
     indices: Sequence[int] | np.ndarray,
     plan: SweepPlan,
     *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
     tally: SegmentationTally | None = None,
-    start: int = 0,
-    on_progress: Callable[[int], None] | None = None,
-    on_chunk: Callable[[SegmentationTally, int], None] | None = None,
-    prefetch: bool | None = None,
+    **options: Any,
 ) -> SegmentationTally:
-    """Sweep `indices[start:]` into `tally` and return it; the options as in worker.engine.driver.drive."""
+    """Sweep `indices[start:]` into `tally` and return it; `options` as in worker.engine.driver.drive."""
     indices = np.asarray(indices, dtype=np.int64)
-    counts = SegmentationCounts(plan, masks, indices, tally)
-    return drive(
-        predict, counts, images, indices, plan, reference_alone=True, batch_size=batch_size,
-        device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
-    )
+    return drive(predict, SegmentationCounts(plan, masks, indices, tally), images, indices, plan,
+                 reference_alone=True, **options)
 
 
 def _accumulate(

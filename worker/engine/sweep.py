@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,18 +98,10 @@ def run_sweep(
     indices: Sequence[int] | np.ndarray,
     plan: SweepPlan,
     *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
     tally: Tally | None = None,
-    start: int = 0,
-    on_progress: Callable[[int], None] | None = None,
-    on_chunk: Callable[[Tally, int], None] | None = None,
-    prefetch: bool | None = None,
+    **options: Any,
 ) -> Tally:
-    """Sweep `indices[start:]` into `tally` and return it; the options as in worker.engine.driver.drive."""
+    """Sweep `indices[start:]` into `tally` and return it; `options` as in worker.engine.driver.drive."""
     indices = np.asarray(indices, dtype=np.int64)
-    predictions = Predictions(plan, labels, indices, tally)
-    return drive(
-        predict, predictions, images, indices, plan, reference_alone=False, batch_size=batch_size,
-        device=torch.device(device), start=start, prefetch=prefetch, on_progress=on_progress, on_chunk=on_chunk,
-    )
+    return drive(predict, Predictions(plan, labels, indices, tally), images, indices, plan, reference_alone=False,
+                 **options)

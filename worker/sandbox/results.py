@@ -221,3 +221,12 @@ def check_chunk_tally(data: Any, task: str, num_shifts: int, num_samples: int, l
         check_real_data(data.get(REAL_DATA_CHECK), num_samples, num_shifts)
     elif REAL_DATA_CHECK in data:
         raise BadResult("the result holds a real-data check for the model's own runtime")
+
+
+def check_checkpoint(data: Any, task: str, num_shifts: int, next_start: int, span: int, layers: bool) -> None:
+    """A chunk's checkpoint of `span` samples: its sweep's tally over the first `next_start`, and once
+    the sweep is done, when a layer profile was asked for (`layers`), the profile so far."""
+    profile = data.get(LAYERS) if isinstance(data, dict) else None
+    check_chunk_tally(data, task, num_shifts, next_start, layers=layers and profile is not None)
+    if profile is not None and (next_start != span or profile["n"] > span):
+        raise BadResult("the layer profile is not over samples the sweep has done")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,16 +18,31 @@ from core.grid import build_sweep_grid
 from core.runtimes import REAL_DATA_CHECK
 from worker.engine.device import pick_device
 from worker.engine.early_exit import run_worst_case
-from worker.engine.layers import LAYERS, run_layer_profile
-from worker.engine.plan import SweepError, SweepPlan, sample_indices
+from worker.engine.layers import LAYERS, LayerTally, run_layer_profile
+from worker.engine.plan import SweepError, SweepPlan, sample_indices, sweep_kind
 from worker.engine.segmentation import SegmentationTally, run_segmentation_sweep
-from worker.sandbox import backends, real_data
-from worker.sandbox.near_ties import NearTiesOnReference
 from worker.engine.sweep import run_sweep
 from worker.engine.tally import Tally
 from worker.model_loading import ModelLoadError, count_parameters, excerpt, load_model, validate_model
+from worker.sandbox import backends, real_data
+from worker.sandbox.near_ties import NearTiesOnReference
 
 Send = Callable[..., None]
+
+
+class Engine(NamedTuple):
+    """How one kind of sweep runs a chunk, and how its saved tally is read back to resume."""
+
+    run: Callable[..., Any]
+    saved: Callable[[dict[str, Any]], Any]
+
+
+# Sweep kind (worker.engine.plan.sweep_kind) -> its engine; worker.completion.FINISHERS has the same keys.
+ENGINES: dict[str, Engine] = {
+    "classification": Engine(run_sweep, Tally.from_json),
+    "worst_case": Engine(run_worst_case, Tally.from_json),
+    "segmentation": Engine(run_segmentation_sweep, SegmentationTally.from_json),
+}
 
 
 def plan_for(request: dict[str, Any], input_spec: dict[str, Any]) -> SweepPlan:
@@ -85,37 +100,43 @@ class Runner:
         return {**checked, "seconds_per_image": slowest, "runtime": runtime}
 
     def sweep(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Sweep samples `[start, stop)` of the evaluation, resuming at `position` from `tally`."""
+        """Sweep samples `[start, stop)` of the evaluation, resuming at `position` from `tally`.
+
+        A layer profile, when asked for, follows the sweep over the same samples; its checkpoints
+        carry the finished sweep's tally with the profile so far, so a retry resumes either.
+        """
         request, spec = job["request"], self.fields["input"]
         images = np.load(self.paths["images"], mmap_mode="r")
         targets = np.load(self.paths["targets"])
         plan = plan_for(request, spec)
         indices = sample_indices(len(targets), request.get("max_samples"), request.get("seed", 0))
         rows = indices[job["start"] : job["stop"]]
-        forward, check = self._checked_forward(images, rows, plan, int(job["batch_size"]))
+        batch_size = int(job["batch_size"])
+        forward, check = self._checked_forward(images, rows, plan, batch_size)
         checkpoints = _Checkpoints(self.send, float(job["checkpoint_every"]))
-        common = dict(
-            batch_size=int(job["batch_size"]), device=self.device,
-            start=job["position"] - job["start"], on_progress=self._progress, on_chunk=checkpoints,
-        )
-        if self.fields["task"] == "segmentation":
-            saved = SegmentationTally.from_json(job["tally"]) if job["tally"] else None
-            tally: Any = run_segmentation_sweep(forward, images, targets, rows, plan, tally=saved, **common)
-        else:
-            saved = Tally.from_json(job["tally"]) if job["tally"] else None
-            sweep = run_worst_case if request.get("early_exit") else run_sweep
-            tally = sweep(forward, images, targets, rows, plan, tally=saved, **common)
-        chunk_tally = tally.to_json()
-        if check is not None:
-            chunk_tally[REAL_DATA_CHECK] = {**check, "near_tie_rows": getattr(forward, "rerun", 0)}
+        saved = {key: value for key, value in (job["tally"] or {}).items() if key != LAYERS}
+        engine = ENGINES[sweep_kind(self.fields["task"], request)]
+        chunk_tally = engine.run(
+            forward, images, targets, rows, plan, tally=engine.saved(saved) if saved else None,
+            batch_size=batch_size, device=self.device, start=job["position"] - job["start"],
+            on_progress=self._progress, on_chunk=lambda tally, next_start: checkpoints(tally.to_json, next_start),
+        ).to_json()
         asked = request.get(LAYERS)
         if asked:
-            names = None if asked is True else list(asked)
+            profiled = (job["tally"] or {}).get(LAYERS)
+            profile = LayerTally.from_json(profiled) if profiled else None
+            swept = len(rows) * plan.grid.images_per_sample
             profile = run_layer_profile(
-                self.model, images, rows, plan, names, batch_size=int(job["batch_size"]),
-                device=self.device, on_progress=lambda _: self.send("alive"),
+                self.model, images, rows, plan, None if asked is True else list(asked), batch_size=batch_size,
+                device=self.device, tally=profile, start=profile.n if profile else 0,
+                # The evaluation counts the sweep's images: the profile repeats the total, which keeps
+                # the worker writing (and so noticing a cancel) while it runs.
+                on_progress=lambda _: self._progress(swept),
+                on_chunk=lambda layers, _: checkpoints(lambda: {**chunk_tally, LAYERS: layers.to_json()}, len(rows)),
             )
             chunk_tally[LAYERS] = profile.to_json()
+        if check is not None:
+            chunk_tally[REAL_DATA_CHECK] = {**check, "near_tie_rows": getattr(forward, "rerun", 0)}
         return {"tally": chunk_tally}
 
     def _checked_forward(self, images: np.ndarray, rows: np.ndarray, plan: SweepPlan,
@@ -162,9 +183,10 @@ class _Checkpoints:
         self.send, self.every = send, every
         self.last = time.monotonic()
 
-    def __call__(self, tally: Any, next_start: int) -> None:
+    def __call__(self, tally: Callable[[], dict[str, Any]], next_start: int) -> None:
+        """Send `tally()` as the state at `next_start`, unless one went out less than `every` seconds ago."""
         if time.monotonic() - self.last >= self.every:
-            self.send("checkpoint", next_start=int(next_start), tally=tally.to_json())
+            self.send("checkpoint", next_start=int(next_start), tally=tally())
             self.last = time.monotonic()
 
 
