@@ -96,18 +96,27 @@ def test_an_exact_export_is_kept_with_its_figures():
     assert str(record["batch_size"]) in record["candidates"][record["backend"]]["per_batch_size"]
 
 
+LENET_SPEC = {"channels": 1, "height": 28, "width": 28, "mean": [0.13], "std": [0.31]}
+
+
+def _lenet(form: str, pool: str) -> nn.Module:
+    """The registry LeNet with `pool`, as uploaded: eager (a state dict), scripted or traced TorchScript."""
+    torch.manual_seed(0)
+    model = architectures.build("lenet", architecture_catalog.validate_options("lenet", {"pool": pool}), 1).eval()
+    if form == "scripted":
+        return torch.jit.script(model)
+    if form == "traced":
+        return torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
+    return model
+
+
 @pytest.mark.parametrize("pool", ["max", "blur"])
 @pytest.mark.parametrize("form", ["eager", "scripted", "traced"])
 def test_lenet_exports_through_its_pools(form, pool):
     """LeNet's 7×7 → 4×4 adaptive pool has no ONNX op (the export uses fixed pooling matrices), and its
     blur pool exports only where a trace fixes its sizes: eager and traced models, not scripted ones."""
-    torch.manual_seed(0)
-    model = architectures.build("lenet", architecture_catalog.validate_options("lenet", {"pool": pool}), 1).eval()
-    if form == "scripted":
-        model = torch.jit.script(model)
-    elif form == "traced":
-        model = torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
-    spec = {"channels": 1, "height": 28, "width": 28, "mean": [0.13], "std": [0.31]}
+    model = _lenet(form, pool)
+    spec = LENET_SPEC
     if form == "scripted" and pool == "blur":
         with pytest.raises(Exception):
             backends.onnx_export(model, backends.validation_batch(spec, CPU), 1)
@@ -228,13 +237,8 @@ def _fused_nodes() -> set[str]:
 def test_onednn_candidate_is_compared_fused(form, pool):
     """What the agreement check compares is the fused graph (the executor fuses only after its first
     calls), and the process-wide fusion switch is off again after each call: the reference stays eager."""
-    torch.manual_seed(0)
-    model = architectures.build("lenet", architecture_catalog.validate_options("lenet", {"pool": pool}), 1).eval()
-    if form == "scripted":
-        model = torch.jit.script(model)
-    elif form == "traced":
-        model = torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
-    spec = {"channels": 1, "height": 28, "width": 28, "mean": [0.13], "std": [0.31]}
+    model = _lenet(form, pool)
+    spec = LENET_SPEC
     batch = backends.validation_batch(spec, CPU)
     fused = backends.build("onednn", model, batch)
     fusion = {"prim::oneDNNFusionGroup", "prim::oneDNNFusionGuard"}
