@@ -97,6 +97,30 @@ def read_blob(session: Session, digest: str) -> Iterator[bytes]:
         seq += 1
 
 
+def read_blob_range(session: Session, digest: str, start: int, length: int) -> bytes:
+    """Bytes [start, start + length) of the blob (fewer past its end), from only the chunk rows holding them.
+
+    Every chunk but the last holds CHUNK_BYTES, so a byte's chunk is its offset // CHUNK_BYTES;
+    each row gives only its part (substr), so a read costs its length, not the blob's size.
+    """
+    if length <= 0:
+        return b""
+    legacy = session.execute(select(Blob.data.is_not(None)).where(Blob.sha256 == digest)).scalar_one()
+    if legacy:
+        return bytes(session.execute(
+            select(func.substr(Blob.data, start + 1, length)).where(Blob.sha256 == digest)).scalar_one())
+    parts = []
+    for seq in range(start // CHUNK_BYTES, (start + length - 1) // CHUNK_BYTES + 1):
+        low = max(start - seq * CHUNK_BYTES, 0)
+        high = min(start + length - seq * CHUNK_BYTES, CHUNK_BYTES)
+        part = session.execute(select(func.substr(BlobChunk.data, low + 1, high - low))
+                               .where(BlobChunk.sha256 == digest, BlobChunk.seq == seq)).scalar_one_or_none()
+        if part is None:
+            break
+        parts.append(bytes(part))
+    return b"".join(parts)
+
+
 def hold_blob(session: Session, digest: str) -> bool:
     """Whether the blob is stored; if so it stays (a key-share lock) until this transaction ends."""
     return session.execute(
