@@ -162,6 +162,16 @@ def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_
              files=np.array([f"img{i}.png" for i in range(30)]))
     npz = ivy.upload_dataset(tmp_path / "n.npz", "named-npz")
     assert npz["status"] == "ready" and npz["classes"] == names, npz
+    response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": npz["id"],
+                                                 "shifts": {"dx": [-2, 2], "dy": [-2, 2]}})
+    assert response.status_code == 202, response.text
+    done = ivy.wait_evaluation(response.json()["id"])
+    assert done["status"] == "succeeded", done
+    classes = ivy.get(f"/v1/evaluations/{done['id']}/classes").json()["items"]
+    assert classes and all(row["name"] == names[row["label"]] for row in classes), classes
+    examples = ivy.get(f"/v1/evaluations/{done['id']}/examples").json()["items"]
+    assert examples and all(row["file"] == f"img{row['index']}.png" and row["class_name"] == names[row["label"]]
+                            for row in examples), examples
 
 
 def test_a_dataset_deleted_while_processing_stores_nothing(pg_stack, ivy, tmp_path: Path) -> None:
