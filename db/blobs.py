@@ -73,8 +73,15 @@ def put_blob_file(session: Session, path: Path, digest: str | None = None) -> st
 def _put_chunks(session: Session, digest: str, size: int, chunks: Iterable[bytes]) -> None:
     if hold_blob(session, digest):
         return
-    session.add(Blob(sha256=digest, size=size))
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(Blob(sha256=digest, size=size))
+    except IntegrityError:
+        # The same bytes uploaded at once by another request: this insert waited for its transaction,
+        # which stored them. Held like any stored blob; anything else is a real error.
+        if hold_blob(session, digest):
+            return
+        raise
     for seq, chunk in enumerate(chunks):
         session.execute(insert(BlobChunk), [{"sha256": digest, "seq": seq, "data": chunk}])
 
