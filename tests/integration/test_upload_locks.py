@@ -1,9 +1,10 @@
-"""Large uploads on PostgreSQL: the copy into chunk rows holds no tenant lock, and the same bytes at once are one blob.
+"""Large uploads on PostgreSQL: copies into chunk rows hold no tenant lock, and the same bytes at once are one blob.
 
-Copying a file of GBs into the database takes minutes. The tenant's row lock (taken for the
-exact quota check) must not be held meanwhile, or every other request of the tenant (a sweep
-submitted, another upload) waits for the copy. Observed directly: while the service's copy
-has just run, another connection locks the tenant's row with NOWAIT.
+Copying a file of GBs into the database takes minutes, in the API (the upload) and in the
+ingesting worker (the arrays). The tenant's row lock (taken for the exact quota check) must
+not be held meanwhile, or every other request of the tenant (a sweep submitted, another
+upload) waits for the copy. Observed directly: right after each copy, another connection
+locks the tenant's row with NOWAIT.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from sqlalchemy.orm import Session
 import api.services.datasets as dataset_service
 import api.services.models as model_service
 from api.http.schemas import ModelUpload
+import numpy as np
+
+import worker.ingestion as ingestion
 from api.http.uploads import Upload
+from core.settings import reset_settings
 from db.blobs import CHUNK_BYTES, put_blob_file
 from db.migrate import upgrade
-from db.models import Blob, BlobChunk, Tenant
-from db.session import make_engine
+from db.models import Blob, BlobChunk, Dataset, Tenant
+from db.session import make_engine, use_database
 from tests.stack import create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.integration
@@ -137,3 +142,66 @@ def test_the_same_bytes_stored_at_once_by_two_transactions_are_one_blob(engine, 
         assert session.execute(select(func.count()).select_from(Blob).where(Blob.sha256 == upload.sha256)).scalar_one() == 1
         assert session.execute(select(func.count()).select_from(BlobChunk)
                                .where(BlobChunk.sha256 == upload.sha256)).scalar_one() == 3
+
+
+@pytest.fixture
+def worker_env(monkeypatch, database, tmp_path):
+    """The worker's ingestion on this database, with its storage under tmp_path."""
+    monkeypatch.setenv("SHIFTSCORE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHIFTSCORE_DATABASE_URL", database)
+    reset_settings()
+    use_database(database)
+    yield monkeypatch
+    reset_settings()
+
+
+def processing_dataset(engine: Engine, tenant_id: str, path: Path) -> str:
+    with Session(engine) as session, session.begin():
+        dataset = Dataset(tenant_id=tenant_id, name="d", sha256="x", status="processing", filename=path.name,
+                          upload_blob=put_blob_file(session, path))
+        session.add(dataset)
+        session.flush()
+        return dataset.id
+
+
+def npz(tmp_path: Path, count: int) -> Path:
+    rng = np.random.default_rng(count)
+    np.savez(tmp_path / f"{count}.npz", images=rng.integers(0, 256, (count, 64, 64, 3), dtype=np.uint8),
+             labels=np.arange(count) % 3)
+    return tmp_path / f"{count}.npz"
+
+
+def test_ingested_arrays_are_copied_without_the_tenant_lock(engine, database, worker_env, tmp_path) -> None:
+    tenant_id = new_tenant(engine, "ingest-copy")
+    dataset_id = processing_dataset(engine, tenant_id, npz(tmp_path, 400))  # 4.9 MB of pixels: two chunks
+    seen = []
+    store = ingestion.store_arrays
+
+    def probing(session, dataset, parsed):
+        store(session, dataset, parsed)
+        seen.append(tenant_lockable(database, tenant_id))
+
+    worker_env.setattr(ingestion, "store_arrays", probing)
+    ingestion.ingest_dataset(dataset_id, "test-worker:1")
+    with Session(engine) as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert (dataset.status, dataset.num_samples, dataset.upload_blob) == ("ready", 400, None), dataset.error
+    assert seen == [True]
+
+
+def test_ingested_arrays_over_the_quota_are_taken_back(engine, database, worker_env, tmp_path) -> None:
+    worker_env.setenv("SHIFTSCORE_QUOTA_STORAGE", "1M")
+    reset_settings()
+    tenant_id = new_tenant(engine, "ingest-quota")
+    path = npz(tmp_path, 300)  # 3.7 MB of pixels
+    dataset_id = processing_dataset(engine, tenant_id, path)
+    with Session(engine) as session:
+        before = set(session.execute(select(Blob.sha256)).scalars())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in before
+    ingestion.ingest_dataset(dataset_id, "test-worker:2")
+    with Session(engine) as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset.status == "invalid" and "SHIFTSCORE_QUOTA_STORAGE" in dataset.error, dataset.error
+        assert (dataset.images_blob, dataset.targets_blob, dataset.upload_blob) == (None, None, None)
+        # Nothing of the arrays stays (the upload's blob is reclaimed by the scheduler like any other).
+        assert set(session.execute(select(Blob.sha256)).scalars()) == before
