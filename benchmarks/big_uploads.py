@@ -17,11 +17,14 @@ from pathlib import Path
 
 from benchmarks.common import table
 from benchmarks.stack import real_stack
+from shiftscore.multipart import MultipartBody
 from tests.dataset_corpus import write_large_npz
 from tests.models import MeanClassifier, save_torchscript
 
 SIDE = 224
 MiB = 1 << 20
+API_PEAK_BOUND = 300 * MiB
+FLAT_RATIO = 1.2
 
 
 def peak_rss(pid: int) -> int:
@@ -55,7 +58,9 @@ def one_size(count: int, workdir: Path) -> dict:
         api_before, worker_before = peak_rss(stack.api.pid), peak_rss(stack.workers[0].pid)
         began = time.perf_counter()
         with path.open("rb") as handle:
-            response = session.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": "big"},
+            # Streamed as the client sends it: requests' files= would hold the file twice in this process.
+            body = MultipartBody({"name": "big"}, "file", path.name, handle)
+            response = session.post("/v1/datasets", data=body, headers={"Content-Type": body.content_type},
                                     timeout=3600)
         upload_seconds = time.perf_counter() - began
         assert response.status_code == 202, response.text
@@ -89,8 +94,13 @@ def main(quick: bool = False) -> str:
     headers = ["images", "NPZ", "upload (POST → 202)", "cp", "upload ÷ cp", "API peak RSS", "ingestion",
                "worker peak RSS", "identity over all / ±2 px of 200"]
     text = table("A dataset of real size: streamed upload, ingestion, sweeps", headers, rows)
-    ratio = (f"\nAPI peak ratio {big['count'] // small['count']}× the data: "
-             f"{big['api_peak'] / small['api_peak']:.2f}; worker peak ratio: "
-             f"{big['worker_peak'] / small['worker_peak']:.2f}")
+    api_ratio, worker_ratio = big["api_peak"] / small["api_peak"], big["worker_peak"] / small["worker_peak"]
+    ratio = (f"\nAPI peak ratio {big['count'] // small['count']}× the data: {api_ratio:.2f}; worker peak ratio: "
+             f"{worker_ratio:.2f}")
+    # What issue 13 asks of these figures, judged here so a run says whether it holds.
+    ratio += (f"\nAPI peak under {API_PEAK_BOUND // MiB} MiB at {big['size'] / MiB:,.0f} MiB: "
+              f"{'yes' if big['api_peak'] < API_PEAK_BOUND else 'NO'}; memory flat (both ratios < {FLAT_RATIO}): "
+              f"{'yes' if max(api_ratio, worker_ratio) < FLAT_RATIO else 'NO'}; every sweep succeeded: "
+              f"{'yes' if all(s == 'succeeded' for r in results for s in r['sweeps']) else 'NO'}")
     print(ratio, flush=True)
     return text + ratio

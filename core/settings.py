@@ -152,6 +152,11 @@ class Settings:
         """Where this host keeps local copies of stored blobs (models, datasets) to read them from."""
         return self.storage_dir / "cache"
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Where the API spools upload bodies as they arrive: the storage disk, not /tmp (often memory-backed)."""
+        return self.storage_dir / "uploads"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)

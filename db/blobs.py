@@ -73,8 +73,15 @@ def put_blob_file(session: Session, path: Path, digest: str | None = None) -> st
 def _put_chunks(session: Session, digest: str, size: int, chunks: Iterable[bytes]) -> None:
     if hold_blob(session, digest):
         return
-    session.add(Blob(sha256=digest, size=size))
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(Blob(sha256=digest, size=size))
+    except IntegrityError:
+        # The same bytes uploaded at once by another request: this insert waited for its transaction,
+        # which stored them. Held like any stored blob; anything else is a real error.
+        if hold_blob(session, digest):
+            return
+        raise
     for seq, chunk in enumerate(chunks):
         session.execute(insert(BlobChunk), [{"sha256": digest, "seq": seq, "data": chunk}])
 
@@ -95,6 +102,30 @@ def read_blob(session: Session, digest: str) -> Iterator[bytes]:
             return
         yield chunk
         seq += 1
+
+
+def read_blob_range(session: Session, digest: str, start: int, length: int) -> bytes:
+    """Bytes [start, start + length) of the blob (fewer past its end), from only the chunk rows holding them.
+
+    Every chunk but the last holds CHUNK_BYTES, so a byte's chunk is its offset // CHUNK_BYTES;
+    each row gives only its part (substr), so a read costs its length, not the blob's size.
+    """
+    if length <= 0:
+        return b""
+    legacy = session.execute(select(Blob.data.is_not(None)).where(Blob.sha256 == digest)).scalar_one()
+    if legacy:
+        return bytes(session.execute(
+            select(func.substr(Blob.data, start + 1, length)).where(Blob.sha256 == digest)).scalar_one())
+    parts = []
+    for seq in range(start // CHUNK_BYTES, (start + length - 1) // CHUNK_BYTES + 1):
+        low = max(start - seq * CHUNK_BYTES, 0)
+        high = min(start + length - seq * CHUNK_BYTES, CHUNK_BYTES)
+        part = session.execute(select(func.substr(BlobChunk.data, low + 1, high - low))
+                               .where(BlobChunk.sha256 == digest, BlobChunk.seq == seq)).scalar_one_or_none()
+        if part is None:
+            break
+        parts.append(bytes(part))
+    return b"".join(parts)
 
 
 def hold_blob(session: Session, digest: str) -> bool:

@@ -5,15 +5,18 @@ Also the ingestion's lease (db.leases): who ingests a `processing` dataset, and 
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from core.dataset_arrays import ParsedDataset, to_npy_bytes
 from db import leases
-from db.blobs import put_blob, put_blob_file
+from db.blobs import put_blob, put_blob_file, read_blob_range
 from db.models import Dataset
 
 
@@ -31,6 +34,23 @@ def store_arrays(session: Session, dataset: Dataset, parsed: ParsedDataset) -> N
     dataset.task = parsed.task
     dataset.num_samples, dataset.height, dataset.width, dataset.channels = (int(n) for n in images.shape)
     dataset.num_classes, dataset.max_label = parsed.num_classes, parsed.max_label
+
+
+# A stored .npy's header fits in its first 64 KiB (format 1.0 caps it there; ours are ~128 bytes).
+_NPY_HEAD_BYTES = 1 << 16
+
+
+def stored_image(session: Session, images_blob: str, index: int) -> np.ndarray:
+    """Image `index` (H×W×C) of a dataset's stored images, read from the chunk rows holding it, not the whole blob."""
+    head = io.BytesIO(read_blob_range(session, images_blob, 0, _NPY_HEAD_BYTES))
+    version = np.lib.format.read_magic(head)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(head)
+    if fortran or not 0 <= index < shape[0]:
+        raise ValueError(f"blob {images_blob} holds no C-ordered image {index} (shape {shape})")
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+    data = read_blob_range(session, images_blob, head.tell() + index * row_bytes, row_bytes)
+    return np.frombuffer(data, dtype).reshape(shape[1:])
 
 
 def claim_ingestion(

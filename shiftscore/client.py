@@ -26,9 +26,13 @@ from typing import Any
 
 import requests
 
+from shiftscore.multipart import MultipartBody
+
 Json = dict[str, Any]
 Progress = Callable[[Json], None]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# Bytes per second the service stores an upload at, at the slowest we wait for (its answer comes after).
+UPLOAD_STORE_RATE = 1 << 20
 
 
 class ShiftScoreError(Exception):
@@ -187,6 +191,18 @@ class Client:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    def _upload(self, route: str, fields: Mapping[str, str], path: Path) -> Json:
+        """POST `fields` and the file at `path` as its multipart 'file' part, streamed from disk.
+
+        After the body the API stores the file before it answers, at roughly the speed it
+        received it: the wait for the answer grows with the file (UPLOAD_STORE_RATE at the least).
+        """
+        with path.open("rb") as handle:
+            body = MultipartBody(fields, "file", path.name, handle)
+            wait = self.timeout + len(body) / UPLOAD_STORE_RATE
+            return self._json("POST", route, data=body, headers={"Content-Type": body.content_type},
+                              timeout=(self.timeout, wait))
+
     def _pages(self, path: str, params: Mapping[str, Any]) -> Iterator[Json]:
         query = {k: v for k, v in params.items() if v is not None}
         while True:
@@ -212,8 +228,7 @@ class Client:
         if architecture is not None:
             fields["architecture"] = architecture
             fields["architecture_options"] = json.dumps(dict(architecture_options or {}))
-        with path.open("rb") as handle:
-            model = self._json("POST", "/v1/models", data=fields, files={"file": (path.name, handle)})
+        model = self._upload("/v1/models", fields, path)
         return self.wait_model(model["id"], timeout=timeout) if wait else model
 
     def wait_model(self, model_id: str, *, timeout: float = 300.0, poll_interval: float = 0.2,
@@ -251,8 +266,7 @@ class Client:
         fields = {"name": name or path.stem}
         if preprocess is not None:
             fields["preprocess"] = json.dumps(dict(preprocess))
-        with path.open("rb") as handle:
-            dataset = self._json("POST", "/v1/datasets", data=fields, files={"file": (path.name, handle)})
+        dataset = self._upload("/v1/datasets", fields, path)
         return self.wait_dataset(dataset["id"], timeout=timeout) if wait else dataset
 
     def wait_dataset(self, dataset_id: str, *, timeout: float = 600.0, poll_interval: float = 0.2,

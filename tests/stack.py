@@ -19,6 +19,8 @@ import psycopg
 import redis
 import requests
 
+from shiftscore.multipart import MultipartBody
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("SHIFTSCORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("SHIFTSCORE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -224,8 +226,9 @@ class ApiSession(requests.Session):
     def upload_dataset(self, path: Path, name: str = "data", timeout: float = 120, **fields: str) -> dict:
         """Upload a dataset and wait until a worker has ingested it; the dataset, ready or invalid."""
         with path.open("rb") as handle:
-            response = self.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, **fields},
-                                 timeout=600)
+            # Streamed from disk, as the client does: a dataset of GBs is never held by the test.
+            body = MultipartBody({"name": name, **fields}, "file", path.name, handle)
+            response = self.post("/v1/datasets", data=body, headers={"Content-Type": body.content_type}, timeout=600)
         assert response.status_code in (200, 201, 202), response.text
         return self.wait_dataset(response.json()["id"], timeout)
 

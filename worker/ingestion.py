@@ -110,12 +110,19 @@ def _finish(lease: leases.Lease, parsed: ParsedDataset | None, error: str | None
             return
         dataset.upload_blob = None
         if parsed is not None:
-            error = _over_quota(session, dataset.tenant_id, parsed)
+            # The arrays are copied in (minutes for GBs) before the tenant's lock is taken, so its other
+            # requests do not wait for the copy; a dataset over the quota then takes the copy back.
+            savepoint = session.begin_nested()
+            store_arrays(session, dataset, parsed)
+            error = _over_quota(session, dataset.tenant_id)
+            if error is not None:
+                savepoint.rollback()
+            else:
+                savepoint.commit()
         if error is not None:
             dataset.status, dataset.error = "invalid", error
             log.info("dataset %s is invalid: %s", lease.row_id, error)
             return
-        store_arrays(session, dataset, parsed)
         dataset.status = "ready"
 
 
@@ -126,12 +133,11 @@ def _drop(session: Session, lease: leases.Lease) -> None:
                     .values(status="invalid", error="deleted before it was ingested", upload_blob=None))
 
 
-def _over_quota(session: Session, tenant_id: str, parsed: ParsedDataset) -> str | None:
-    """Why the arrays would take the tenant past its storage quota, if they would (the upload no longer counts)."""
+def _over_quota(session: Session, tenant_id: str) -> str | None:
+    """Why the tenant is past its storage quota with the arrays just stored, if it is (the upload no longer counts)."""
     session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)).all()
     session.flush()
-    size = parsed.images_path.stat().st_size if parsed.images_path else parsed.images.nbytes
-    total = stored_bytes(session, tenant_id, {"": size + parsed.targets.nbytes})
+    total = stored_bytes(session, tenant_id)
     limit = get_settings().quota_storage_bytes
     if total > limit:
         return (f"the dataset's arrays would bring your stored models and datasets to {total} bytes, over the "

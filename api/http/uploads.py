@@ -18,13 +18,15 @@ from typing import Any
 from flask import Request, request
 
 from api.http.errors import BadRequest
+from api.http.settings import current_settings
 
 
 class HashingFile:
-    """A named temporary file that hashes what is written to it (werkzeug's file-part stream)."""
+    """A named temporary file in `directory` that hashes what is written to it (werkzeug's file-part stream)."""
 
-    def __init__(self) -> None:
-        self.file = tempfile.NamedTemporaryFile(prefix="shiftscore-upload-")
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.NamedTemporaryFile(dir=directory, prefix="shiftscore-upload-")
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -43,7 +45,8 @@ class StreamingRequest(Request):
 
     def _get_file_stream(self, total_content_length: Any, content_type: Any, filename: Any = None,
                          content_length: Any = None) -> HashingFile:
-        return HashingFile()
+        # On SHIFTSCORE_STORAGE_DIR's disk: a memory-backed /tmp would hold the upload in memory after all.
+        return HashingFile(current_settings().uploads_dir)
 
 
 @dataclass(frozen=True)

@@ -84,20 +84,23 @@ def create_dataset(session: Session, tenant_id: str, name: str, upload: Upload,
     ).scalars():
         if same.preprocess == preprocess:
             return same, "existing"
-    # Refused before storing when the tenant is already full; the exact check comes with the sizes.
-    check_storage(session, tenant_id, {})
     known = _stored_copy(session, upload.sha256, preprocess)
-    lock_tenant(session, tenant_id)
     if known is not None:
+        lock_tenant(session, tenant_id)
         check_storage(session, tenant_id, _blob_sizes(session, known))
         dataset = Dataset(tenant_id=tenant_id, name=name, builtin=False, sha256=upload.sha256, status="ready",
                           preprocess=preprocess, **{key: getattr(known, key) for key in _COPIED})
         outcome = "copied"
     else:
+        # Refused before the copy when it would not fit; the copy (minutes for GBs) then runs without the
+        # tenant's lock, so the tenant's other requests do not wait for it, and the check is made again under it.
+        check_storage(session, tenant_id, {upload.sha256: upload.size})
+        upload_blob = put_blob_file(session, upload.path, upload.sha256)
+        lock_tenant(session, tenant_id)
         check_storage(session, tenant_id, {upload.sha256: upload.size})
         dataset = Dataset(tenant_id=tenant_id, name=name, builtin=False, sha256=upload.sha256,
                           status="processing", preprocess=preprocess, filename=upload.filename[:300],
-                          upload_blob=put_blob_file(session, upload.path, upload.sha256))
+                          upload_blob=upload_blob)
         outcome = "processing"
     session.add(dataset)
     session.flush()

@@ -57,7 +57,6 @@ def create_model(session: Session, tenant_id: str, upload: ModelUpload, file: Up
             raise Unprocessable(str(exc)) from None
     elif upload.architecture:
         raise Unprocessable(f"'architecture' only applies to format 'state_dict', not '{upload.format}'")
-    lock_tenant(session, tenant_id)
     fields = {
         "name": upload.name,
         "format": upload.format,
@@ -70,8 +69,12 @@ def create_model(session: Session, tenant_id: str, upload: ModelUpload, file: Up
     existing = _same_upload(session, tenant_id, fields)
     if existing is not None:
         return existing, False
+    # Refused before the copy when it would not fit; the copy runs without the tenant's lock (its other
+    # requests do not wait for a large file), then the check is made again under it.
     check_storage(session, tenant_id, {fields["sha256"]: file.size})
     put_blob_file(session, file.path, file.sha256)
+    lock_tenant(session, tenant_id)
+    check_storage(session, tenant_id, {fields["sha256"]: file.size})
     for _ in range(5):
         existing = _same_upload(session, tenant_id, fields)
         if existing is not None:

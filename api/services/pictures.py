@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 from api.services.curves import curves_png
 from api.http.errors import Conflict, NotFound, Unprocessable
 from api.http.schemas import CompareQuery, ExampleViewQuery, HeatmapQuery, SampleQuery
-from api.http.settings import current_settings
 from api.services import drawing
 from api.services.datasets import get_dataset
 from api.services.evaluations import get_evaluation, marginal_page, shift_results
-from db.blobs import blob_path
+from db.datasets import stored_image
 from db.models import Dataset, Evaluation, Model
 from core.grid import AXES, IDENTITY_VALUES, GridError, Transform, build_sweep_grid, check_grid_fits
 from core.views import to_uint8, transformed_view
@@ -113,9 +112,8 @@ def comparison(session: Session, tenant_id: str, evaluation_id: str, query: Comp
 def _image(session: Session, dataset: Dataset, index: int) -> np.ndarray:
     if not 0 <= index < dataset.num_samples:
         raise NotFound(f"dataset '{dataset.id}' has samples 0 to {dataset.num_samples - 1}; there is no {index}")
-    # The stored .npy is cached on local disk and memory-mapped: one image read, not the whole blob.
-    path = blob_path(session, dataset.images_blob, current_settings().cache_dir)
-    return np.asarray(np.load(path, mmap_mode="r")[index])
+    # One image's bytes from its chunk rows: the API never copies a dataset of GBs to show one picture.
+    return stored_image(session, dataset.images_blob, index)
 
 
 def sample(session: Session, tenant_id: str, dataset_id: str, index: int, query: SampleQuery) -> bytes:

@@ -6,19 +6,17 @@ import base64
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 from flask import render_template
 from sqlalchemy.orm import Session
 
 from api.http.schemas import HeatmapQuery
 from api.http.serializers import dataset_json, iso, model_json
-from api.http.settings import current_settings
 from api.services import pictures as picture_service
 from api.services.pictures import SweepGeometry
 from api.services.evaluations import class_results, example_results, get_succeeded, marginal_page, warnings_by_id
 from api.services.layers import is_segmentation
 from core.grid import AXES, IDENTITY, Transform, transform_of
-from db.blobs import blob_path
+from db.datasets import stored_image
 from db.models import Dataset, Evaluation, Model
 
 # Fragile samples shown as pictures; each is a few hundred bytes for small images.
@@ -51,12 +49,11 @@ def _samples(session: Session, evaluation: Evaluation, dataset: Dataset | None,
     examples = [{**example, "worst_text": transform_text(example["worst_transform"])} for example in examples]
     if dataset is None or not examples:
         return examples
-    images = np.load(blob_path(session, dataset.images_blob, current_settings().cache_dir), mmap_mode="r")
     geometry = SweepGeometry.of(session, evaluation)
     zoom = max(1, min(SAMPLE_SCALE, 64 // max(geometry.input_hw)))
 
     def picture(example: dict[str, Any], transform: Transform) -> str:
-        return data_uri(geometry.png(np.asarray(images[example["index"]]), transform, zoom))
+        return data_uri(geometry.png(stored_image(session, dataset.images_blob, example["index"]), transform, zoom))
 
     return [{**example, "picture": picture(example, IDENTITY),
              "worst_picture": picture(example, transform_of(example["worst_transform"]))}

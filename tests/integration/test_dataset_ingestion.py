@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,20 @@ def stored_images(pg_stack, dataset_id: str) -> np.ndarray:
     with pg(pg_stack) as conn:
         (digest,) = conn.execute("SELECT images_blob FROM datasets WHERE id = %s", (dataset_id,)).fetchone()
     return np.load(io.BytesIO(stored_blob(pg_stack, digest)), allow_pickle=False)
+
+
+def npz_images_sha256(path: Path) -> str:
+    """The sha256 of the .npy the worker should store for an NPZ's N×H×W uint8 `images`: N×H×W×1, same bytes."""
+    with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+        np.lib.format.read_magic(member)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (*shape, 1)})
+        digest = hashlib.sha256(header.getvalue())
+        for block in iter(lambda: member.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def mixed_folder(count: int, seed: int = 0) -> dict[str, bytes]:
@@ -147,6 +162,16 @@ def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_
              files=np.array([f"img{i}.png" for i in range(30)]))
     npz = ivy.upload_dataset(tmp_path / "n.npz", "named-npz")
     assert npz["status"] == "ready" and npz["classes"] == names, npz
+    response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": npz["id"],
+                                                 "shifts": {"dx": [-2, 2], "dy": [-2, 2]}})
+    assert response.status_code == 202, response.text
+    done = ivy.wait_evaluation(response.json()["id"])
+    assert done["status"] == "succeeded", done
+    classes = ivy.get(f"/v1/evaluations/{done['id']}/classes").json()["items"]
+    assert classes and all(row["name"] == names[row["label"]] for row in classes), classes
+    examples = ivy.get(f"/v1/evaluations/{done['id']}/examples").json()["items"]
+    assert examples and all(row["file"] == f"img{row['index']}.png" and row["class_name"] == names[row["label"]]
+                            for row in examples), examples
 
 
 def test_a_dataset_deleted_while_processing_stores_nothing(pg_stack, ivy, tmp_path: Path) -> None:
@@ -173,17 +198,20 @@ def test_a_dataset_deleted_while_processing_stores_nothing(pg_stack, ivy, tmp_pa
 def test_evaluating_a_processing_dataset_is_409(pg_stack, ivy, digits_model_file, tmp_path: Path) -> None:
     model = ivy.wait_model(ivy.upload_model(digits_model_file, DIGITS_INPUT, name="wait-digits")["id"])
     images, labels = digits_arrays()
-    np.savez(tmp_path / "p.npz", images=np.tile(images, (40, 1, 1)), labels=np.tile(labels, 40))
-    response = upload(ivy, tmp_path / "p.npz", "pending")
+    # 20,000 PNGs: seconds of decoding on any machine, so the sweep below is sent while it is processed.
+    count = 20_000
+    files = {f"{labels[i % len(labels)]}/{i:05d}.png": encode(images[i % len(images)]) for i in range(count)}
+    response = upload(ivy, write_zip(tmp_path / "pending.zip", files), "pending")
     assert response.status_code == 202 and response.json()["status"] == "processing", response.text
-    body = {"model_id": model["id"], "dataset_id": response.json()["id"], "shifts": {"list": [[0, 0]]}}
+    body = {"model_id": model["id"], "dataset_id": response.json()["id"], "shifts": {"list": [[0, 0]]},
+            "max_samples": 50}
     early = ivy.post("/v1/evaluations", json=body)
+    assert early.status_code == 409, early.text
+    assert "still being processed" in early.json()["detail"] and "GET /v1/datasets/" in early.json()["detail"]
     ready = ivy.wait_dataset(response.json()["id"])
-    # The worker may be quicker than the request: then the sweep was accepted.
-    assert early.status_code in (409, 202), early.text
-    if early.status_code == 409:
-        assert "still being processed" in early.json()["detail"]
-    assert ready["status"] == "ready" and ready["num_samples"] == 40 * len(labels)
+    assert ready["status"] == "ready" and ready["num_samples"] == count, ready
+    # The same request once it is ready is taken: the 409 was the processing, nothing else.
+    assert ivy.post("/v1/evaluations", json=body).status_code == 202
 
 
 class _Padded(nn.Module):
@@ -222,14 +250,28 @@ def test_a_dataset_over_1_gb_is_stored_and_swept(pg_stack, ivy, tmp_path: Path) 
                 "SELECT size, (SELECT count(*) FROM blob_chunks c WHERE c.sha256 = b.sha256) FROM blobs b "
                 "WHERE sha256 = (SELECT images_blob FROM datasets WHERE id = %s)", (dataset["id"],)).fetchone()
         assert size > 1 << 30 and chunks == -(-size // (4 << 20)), (size, chunks)
+        # Byte for byte: the stored .npy is the uploaded pixels under an N×H×W×1 header, past the 1 GB mark too.
+        with pg(pg_stack) as conn:
+            (digest,) = conn.execute("SELECT images_blob FROM datasets WHERE id = %s", (dataset["id"],)).fetchone()
+        assert digest == npz_images_sha256(path), "the stored images differ from the uploaded ones"
         model_path = save_torchscript(MeanClassifier(), tmp_path / "mean.pt")
         spec = {"channels": 1, "height": side, "width": side, "mean": [0.0], "std": [1.0]}
         model = ivy.wait_model(ivy.upload_model(model_path, spec, name="mean")["id"])
         response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": dataset["id"],
-                                                     "shifts": {"list": [[0, 0]]}, "max_samples": 300, "seed": 1})
+                                                     "shifts": {"dx": [-1, 1], "dy": [-1, 1]},
+                                                     "max_samples": 300, "seed": 1})
         assert response.status_code == 202, response.text
         done = ivy.wait_evaluation(response.json()["id"], timeout=300)
         assert done["status"] == "succeeded", done
+        # The mean model always answers class 0 (its logits are mean and −mean of non-negative pixels):
+        # every shift's accuracy is the share of label 0 among the samples SPEC §1 picks.
+        with np.load(path) as arrays:
+            labels = arrays["labels"]
+        picked = np.sort(np.random.default_rng(1).permutation(count)[:300])
+        expected = float(np.mean(labels[picked] == 0))
+        assert done["summary"]["clean_accuracy"] == pytest.approx(expected), (done["summary"], expected)
+        rows = ivy.get(f"/v1/evaluations/{done['id']}/shifts").json()["items"]
+        assert len(rows) == 9 and all(row["accuracy"] == pytest.approx(expected) for row in rows), rows
     finally:
         path.unlink()
         if dataset is not None:

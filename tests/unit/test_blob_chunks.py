@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.blobs import CHUNK_BYTES, blob_path, put_blob, put_blob_file, read_blob, reclaim_blobs
+from db.blobs import CHUNK_BYTES, blob_path, put_blob, put_blob_file, read_blob, read_blob_range, reclaim_blobs
+from db.datasets import stored_image
 from db.migrate import upgrade
 from db.models import Blob, BlobChunk
 from db.session import make_engine
@@ -54,3 +57,28 @@ def test_reclaiming_a_blob_removes_its_chunks(session) -> None:
     assert reclaim_blobs(session) == 1
     assert session.execute(select(func.count()).select_from(BlobChunk)).scalar_one() == 0
     assert session.get(Blob, digest) is None
+
+
+def test_a_range_is_read_from_the_chunks_that_hold_it(session) -> None:
+    data = os.urandom(3 * CHUNK_BYTES + 100)
+    digest = put_blob(session, data)
+    legacy = b"0123456789" * 10
+    old = hashlib.sha256(legacy).hexdigest()
+    session.add(Blob(sha256=old, size=len(legacy), data=legacy))
+    session.commit()
+    for start, length in ((0, 10), (CHUNK_BYTES - 3, 7), (CHUNK_BYTES - 1, 2 * CHUNK_BYTES + 2),
+                          (3 * CHUNK_BYTES + 90, 50), (5 * CHUNK_BYTES, 4), (17, 0)):
+        assert read_blob_range(session, digest, start, length) == data[start:start + length], (start, length)
+    assert read_blob_range(session, old, 95, 10) == legacy[95:]
+
+
+def test_one_stored_image_is_read_without_the_whole_blob(session) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (40, 300, 200, 3), dtype=np.uint8)  # 7.2 MB: 2 chunks
+    buffer = io.BytesIO()
+    np.save(buffer, images, allow_pickle=False)
+    digest = put_blob(session, buffer.getvalue())
+    session.commit()
+    for index in (0, 23, 39):  # 23 straddles the first chunk's end
+        assert np.array_equal(stored_image(session, digest, index), images[index]), index
+    with pytest.raises(ValueError, match="no C-ordered image 40"):
+        stored_image(session, digest, 40)
