@@ -55,6 +55,25 @@ def parse_dataset(path: Path, limits: Limits = LIMITS, out: Path | None = None,
                        "(one sub-folder of PNG or JPEG images per class)")
 
 
+def size_problem(path: Path, limits: Limits = LIMITS, preprocess: Preprocess | None = None) -> str | None:
+    """For an image folder, the first reason its images would not store at one size (read from their
+    headers: fast, while the client waits); None for anything else, which the ingestion checks in full."""
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    try:
+        if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            with open_zip(path, limits) as archive:
+                files = [info.filename for info in archive.infolist() if not info.is_dir()]
+                if files and all(name.endswith(".npy") for name in files):
+                    return None
+                return ingest_archives.zip_size_problem(archive, limits, preprocess)
+        if head.startswith(b"\x1f\x8b") or head[257:262] == b"ustar":
+            return ingest_archives.tar_size_problem(path, limits, preprocess, gzipped=head.startswith(b"\x1f\x8b"))
+    except DatasetError:
+        return None  # a damaged or hostile archive: the ingestion says what is wrong with it
+    return None
+
+
 def _central_entries(path: Path) -> int:
     """An upper bound on the entries of a zip, found without parsing its directory."""
     count, tail = 0, b""

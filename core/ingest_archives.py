@@ -23,7 +23,7 @@ from typing import IO, TypeVar
 import numpy as np
 
 from core.dataset_arrays import DatasetError, Limits, NpyWriter, ParsedDataset, check_arrays
-from core.preprocess import Preprocess, apply_preprocess, output_size
+from core.preprocess import Preprocess, apply_preprocess, check_crop, output_size
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
@@ -47,7 +47,8 @@ def _parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _zip_members(archive: zipfile.ZipFile, limits: Limits, *, read: bool = True) -> Iterator[tuple[str, bytes]]:
+def _zip_members(archive: zipfile.ZipFile, limits: Limits, *, read: int = -1) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each file, folders and junk aside: its first `read` bytes (-1: all of them)."""
     infos = sorted(archive.infolist(), key=lambda info: info.filename)
     # Every name is checked before any member is inflated.
     for info in infos:
@@ -64,7 +65,11 @@ def _zip_members(archive: zipfile.ZipFile, limits: Limits, *, read: bool = True)
             raise DatasetError(f"'{info.filename}' inflates to {info.file_size} bytes; "
                                f"one image may take at most {limits.max_member_bytes}")
         try:
-            data = archive.read(info) if read else b""
+            if read:
+                with archive.open(info) as member:
+                    data = member.read(read)
+            else:
+                data = b""
         except Exception as exc:  # noqa: BLE001 — CRC errors, unknown compression: a damaged upload
             raise DatasetError(f"'{info.filename}' could not be read from the zip: {exc}") from None
         yield info.filename, data
@@ -93,7 +98,7 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _tar_members(stream: IO[bytes], limits: Limits, *, read: bool = True) -> Iterator[tuple[str, bytes]]:
+def _tar_members(stream: IO[bytes], limits: Limits, *, read: int = -1) -> Iterator[tuple[str, bytes]]:
     # Stream mode ("r|"): members are read in order, never seeking, never extracted.
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         for count, member in enumerate(archive, start=1):
@@ -115,13 +120,13 @@ def _tar_members(stream: IO[bytes], limits: Limits, *, read: bool = True) -> Ite
                 raise DatasetError(f"'{member.name}' is {member.size} bytes; "
                                    f"one image may take at most {limits.max_member_bytes}")
             handle = archive.extractfile(member) if read else None
-            yield member.name, handle.read() if handle is not None else b""
+            yield member.name, handle.read(read) if handle is not None else b""
 
 
 def zip_image_folder(archive: zipfile.ZipFile, limits: Limits, out: Path,
                      preprocess: Preprocess | None = None) -> ParsedDataset:
     """The dataset in an open zip of class folders, its images written to the .npy `out`."""
-    names = [name for name, _ in _zip_members(archive, limits, read=False)]
+    names = [name for name, _ in _zip_members(archive, limits, read=0)]
     return _image_folder(_zip_members(archive, limits), _Folder(limits, names, out, preprocess))
 
 
@@ -130,9 +135,52 @@ def tar_image_folder(path: Path, limits: Limits, out: Path, preprocess: Preproce
     """The dataset in a .tar.gz (or plain .tar) of class folders, its images written to the .npy `out`."""
     # A first pass lists the files without decoding any (inflating is cheap next to decoding).
     names = _read_tar(path, limits, gzipped,
-                      lambda stream: [name for name, _ in _tar_members(stream, limits, read=False)])
+                      lambda stream: [name for name, _ in _tar_members(stream, limits, read=0)])
     folder = _Folder(limits, names, out, preprocess)
     return _read_tar(path, limits, gzipped, lambda stream: _image_folder(_tar_members(stream, limits), folder))
+
+
+def zip_size_problem(archive: zipfile.ZipFile, limits: Limits, preprocess: Preprocess | None) -> str | None:
+    """The first of the folder's size problems (`size_problem`), from its images' headers."""
+    return size_problem(_zip_members(archive, limits, read=HEADER_BYTES), preprocess)
+
+
+def tar_size_problem(path: Path, limits: Limits, preprocess: Preprocess | None, *, gzipped: bool) -> str | None:
+    """The first of the folder's size problems (`size_problem`), from its images' headers."""
+    return _read_tar(path, limits, gzipped,
+                     lambda stream: size_problem(_tar_members(stream, limits, read=HEADER_BYTES), preprocess))
+
+
+# PNG's size is in its first chunk, JPEG's in the frame header after at most a 64 KiB EXIF segment.
+HEADER_BYTES = 1 << 17
+
+
+def size_problem(heads: Iterator[tuple[str, bytes]], preprocess: Preprocess | None) -> str | None:
+    """What makes the images not store at one size, read from their headers (no pixel decoded), or None.
+
+    An image smaller than the crop, sizes that differ after `preprocess`, or differ without
+    one: the problems a client is told at once (a 422). Anything else wrong with the folder
+    (a damaged image, a bad member) is found, and told, by the ingestion.
+    """
+    from PIL import Image
+
+    first: tuple[str, tuple[int, int]] | None = None
+    for name, head in heads:
+        try:
+            with Image.open(io.BytesIO(head), formats=("PNG", "JPEG")) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 — not an image, or a header past HEADER_BYTES: the ingestion says
+            continue
+        stored_w, stored_h = output_size(preprocess, width, height)
+        try:
+            check_crop(preprocess, width, height, name)
+        except DatasetError as exc:
+            return str(exc)
+        if first is None:
+            first = (name, (stored_h, stored_w))
+        elif (stored_h, stored_w) != first[1]:
+            return _size_mismatch(first, name, (stored_h, stored_w), preprocess)
+    return None
 
 
 def _read_tar(path: Path, limits: Limits, gzipped: bool, read: Callable[[IO[bytes]], T]) -> T:

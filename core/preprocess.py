@@ -79,18 +79,28 @@ def output_size(preprocess: Preprocess | None, width: int, height: int) -> tuple
     return width, height
 
 
+def check_crop(preprocess: Preprocess | None, width: int, height: int, name: str) -> None:
+    """Raise DatasetError, naming the file, when a `width`×`height` image is smaller than the crop once resized."""
+    if not preprocess or preprocess.crop is None:
+        return
+    if preprocess.resize is not None:
+        width, height = resized_size(preprocess.resize, width, height)
+    crop_h, crop_w = preprocess.crop
+    if width < crop_w or height < crop_h:
+        raise DatasetError(f"'{name}' is {width}×{height} pixels after resizing, smaller than the "
+                           f"center_crop of {crop_w}×{crop_h} (width×height); images are never padded")
+
+
 def apply_preprocess(image: Image.Image, preprocess: Preprocess | None, name: str) -> Image.Image:
     """The image as stored: resized, then centre-cropped, as declared."""
     if not preprocess:
         return image
+    check_crop(preprocess, *image.size, name)
     if preprocess.resize is not None:
         image = image.resize(resized_size(preprocess.resize, *image.size), Image.BILINEAR)
     if preprocess.crop is not None:
         crop_h, crop_w = preprocess.crop
         width, height = image.size
-        if width < crop_w or height < crop_h:
-            raise DatasetError(f"'{name}' is {width}×{height} pixels after resizing, smaller than the "
-                               f"center_crop of {crop_w}×{crop_h} (width×height); images are never padded")
         top, left = round((height - crop_h) / 2), round((width - crop_w) / 2)
         image = image.crop((left, top, left + crop_w, top + crop_h))
     return image

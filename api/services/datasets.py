@@ -19,7 +19,7 @@ from db.models import Blob, Dataset, utcnow
 from db.session import session_scope
 from core.queue import enqueue_dataset_ingestion
 from core.dataset_arrays import DatasetError, to_npy_bytes, upload_limits
-from core.ingest import digits, open_zip
+from core.ingest import digits, open_zip, size_problem
 from core.preprocess import parse_preprocess
 from db.datasets import store_arrays
 
@@ -58,6 +58,15 @@ def _preprocess(raw: dict | None, upload: Upload) -> dict | None:
     return preprocess.as_json()
 
 
+def _refuse_mixed_sizes(upload: Upload, raw_preprocess: dict | None) -> None:
+    """A 422 when an image folder's images would not store at one size: told while the client waits,
+    from the images' headers, rather than later as an invalid dataset (the ingestion checks the rest)."""
+    problem = size_problem(upload.path, upload_limits(current_settings().max_decoded_bytes),
+                           parse_preprocess(raw_preprocess))
+    if problem:
+        raise Unprocessable(problem, errors=[{"field": "file", "message": problem}])
+
+
 def _is_npz(path: Path) -> bool:
     with path.open("rb") as handle:
         if not handle.read(4).startswith(b"PK"):
@@ -92,6 +101,7 @@ def create_dataset(session: Session, tenant_id: str, name: str, upload: Upload,
                           preprocess=preprocess, **{key: getattr(known, key) for key in _COPIED})
         outcome = "copied"
     else:
+        _refuse_mixed_sizes(upload, raw_preprocess)
         # Refused before the copy when it would not fit; the copy (minutes for GBs) then runs without the
         # tenant's lock, so the tenant's other requests do not wait for it, and the check is made again under it.
         check_storage(session, tenant_id, {upload.sha256: upload.size})

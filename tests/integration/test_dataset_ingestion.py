@@ -97,10 +97,22 @@ def upload(session, path: Path, name: str, **fields: str):
                             timeout=600)
 
 
+def _problem(response, fragment: str) -> str:
+    """The detail of a 422 problem+json that says `fragment`."""
+    assert response.status_code == 422, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    detail = response.json()["detail"]
+    assert fragment in detail, detail
+    return detail
+
+
 def test_mixed_sizes_without_preprocess_say_how_to_declare_one(ivy, tmp_path: Path) -> None:
-    dataset = ivy.upload_dataset(write_zip(tmp_path / "mixed.zip", mixed_folder(6)), "mixed")
-    assert dataset["status"] == "invalid", dataset
-    assert "declare a preprocess" in dataset["error"] and '"center_crop"' in dataset["error"], dataset
+    """A 422 while the client waits, read from the images' headers, for a zip and a .tar.gz alike."""
+    files = mixed_folder(6)
+    for path in (write_zip(tmp_path / "mixed.zip", files), write_tar(tmp_path / "mixed.tar.gz", tar_files(files))):
+        detail = _problem(upload(ivy, path, "mixed"), "declare a preprocess")
+        assert '"center_crop"' in detail and "'class" in detail, detail
+    assert not ivy.get("/v1/datasets", params={"name": "mixed"}).json()["items"]  # nothing was stored
 
 
 def test_preprocess_stores_exactly_pillows_resize_and_crop(pg_stack, ivy, tmp_path: Path) -> None:
@@ -116,10 +128,13 @@ def test_preprocess_stores_exactly_pillows_resize_and_crop(pg_stack, ivy, tmp_pa
     order = sorted(files, key=lambda name: (name.split("/")[0], name))
     expected = np.stack([pillow_reference(files[name], 40, 33) for name in order])
     assert images.shape == expected.shape and images.tobytes() == expected.tobytes()
-    # The same bytes with another preprocess are another dataset (a resize alone leaves sizes mixed).
-    other = ivy.upload_dataset(tmp_path / "mixed.tar.gz", "mixed-pre", preprocess=json.dumps({"resize": 34}))
-    assert other["id"] != dataset["id"] and other["status"] == "invalid", other
-    assert "after preprocess all images must have one size" in other["error"], other
+    # The same bytes with another preprocess are another dataset (a resize alone leaves sizes mixed: a 422).
+    _problem(upload(ivy, tmp_path / "mixed.tar.gz", "mixed-pre", preprocess=json.dumps({"resize": 34})),
+             "after preprocess all images must have one size")
+    other = ivy.upload_dataset(tmp_path / "mixed.tar.gz", "mixed-pre", preprocess=json.dumps({"resize": 34,
+                                                                                              "center_crop": 30}))
+    assert other["id"] != dataset["id"] and other["status"] == "ready", other
+    assert other["preprocess"] == {"resize": 34, "center_crop": [30, 30]}
 
 
 def test_malformed_preprocess_and_preprocess_on_an_npz_are_422(ivy, tmp_path: Path) -> None:
@@ -132,8 +147,7 @@ def test_malformed_preprocess_and_preprocess_on_an_npz_are_422(ivy, tmp_path: Pa
     assert response.status_code == 422 and "image folders only" in response.json()["detail"], response.text
     small = tmp_path / "small.zip"
     write_zip(small, {"a/x.png": encode(np.zeros((20, 10), np.uint8)), "b/y.png": encode(np.zeros((40, 30), np.uint8))})
-    too_small = ivy.upload_dataset(small, "crop", preprocess=json.dumps({"center_crop": 24}))
-    assert too_small["status"] == "invalid" and "'a/x.png'" in too_small["error"], too_small
+    _problem(upload(ivy, small, "crop", preprocess=json.dumps({"center_crop": 24})), "'a/x.png'")
 
 
 def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from core.dataset_arrays import DatasetError, Limits
-from core.ingest import digits, parse_dataset, parse_npz
+from core.ingest import digits, parse_dataset, parse_npz, size_problem
+from core.preprocess import parse_preprocess
 from tests.dataset_corpus import (
     CASES,
     Case,
@@ -180,3 +181,27 @@ def test_tar_names_are_read_from_pax_headers_too(tmp_path: Path) -> None:
         archive.addfile(evil, io.BytesIO(data))
     with pytest.raises(DatasetError, match="points outside the archive"):
         parse_dataset(path)
+
+
+def test_size_problems_are_read_from_the_headers_of_zips_and_tars(tmp_path: Path) -> None:
+    """The API's 422s (SPEC: mixed sizes, a crop larger than an image) come from headers, as ingestion words them."""
+    mixed = {**class_files(), "cat/wide.png": png(1, (6, 9))}
+    for path in (write_zip(tmp_path / "m.zip", mixed), write_tar(tmp_path / "m.tar.gz", tar_files(mixed))):
+        problem = size_problem(path)
+        assert problem is not None and "declare a preprocess" in problem and "'cat/wide.png'" in problem
+        with pytest.raises(DatasetError) as caught:
+            parse_dataset(path)
+        assert str(caught.value) == problem  # the worker would have said the same
+        assert size_problem(path, preprocess=parse_preprocess({"resize": 4, "center_crop": 4})) is None
+    small = write_zip(tmp_path / "s.zip", class_files())  # 6×5 images
+    assert size_problem(small) is None
+    too_big = size_problem(small, preprocess=parse_preprocess({"center_crop": 6}))
+    assert too_big is not None and "smaller than the center_crop" in too_big
+
+
+def test_size_problem_leaves_everything_else_to_the_ingestion(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", images=np.zeros((2, 8, 8), np.uint8), labels=np.arange(2))
+    (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    not_images = write_zip(tmp_path / "t.zip", {"cat/a.png": b"text", "dog/b.png": png(1, (9, 9))})
+    for path in (tmp_path / "a.npz", tmp_path / "junk.zip", not_images):
+        assert size_problem(path) is None
