@@ -142,20 +142,20 @@ def tar_image_folder(path: Path, limits: Limits, out: Path, preprocess: Preproce
 
 def zip_size_problem(archive: zipfile.ZipFile, limits: Limits, preprocess: Preprocess | None) -> str | None:
     """The first of the folder's size problems (`size_problem`), from its images' headers."""
-    return size_problem(_zip_members(archive, limits, read=HEADER_BYTES), preprocess)
+    return size_problem(_zip_members(archive, limits, read=HEADER_BYTES), limits, preprocess)
 
 
 def tar_size_problem(path: Path, limits: Limits, preprocess: Preprocess | None, *, gzipped: bool) -> str | None:
     """The first of the folder's size problems (`size_problem`), from its images' headers."""
     return _read_tar(path, limits, gzipped,
-                     lambda stream: size_problem(_tar_members(stream, limits, read=HEADER_BYTES), preprocess))
+                     lambda stream: size_problem(_tar_members(stream, limits, read=HEADER_BYTES), limits, preprocess))
 
 
 # PNG's size is in its first chunk, JPEG's in the frame header after at most a 64 KiB EXIF segment.
 HEADER_BYTES = 1 << 17
 
 
-def size_problem(heads: Iterator[tuple[str, bytes]], preprocess: Preprocess | None) -> str | None:
+def size_problem(heads: Iterator[tuple[str, bytes]], limits: Limits, preprocess: Preprocess | None) -> str | None:
     """What makes the images not store at one size, read from their headers (no pixel decoded), or None.
 
     An image smaller than the crop, sizes that differ after `preprocess`, or differ without
@@ -171,6 +171,8 @@ def size_problem(heads: Iterator[tuple[str, bytes]], preprocess: Preprocess | No
                 width, height = image.size
         except Exception:  # noqa: BLE001 — not an image, or a header past HEADER_BYTES: the ingestion says
             continue
+        if width > limits.max_side or height > limits.max_side:
+            return None  # over the limit: the ingestion refuses the image itself, saying so
         stored_w, stored_h = output_size(preprocess, width, height)
         try:
             check_crop(preprocess, width, height, name)

@@ -314,7 +314,8 @@ def test_a_small_chunked_upload_is_accepted(small_api, tmp_path: Path) -> None:
             "Connection: close\r\n\r\n")
     chunks = [f"{len(body[i:i + 1000]):x}\r\n".encode() + body[i:i + 1000] + b"\r\n" for i in range(0, len(body), 1000)]
     response, _ = raw_request(stack.port, head, [*chunks, b"0\r\n\r\n"])
-    assert response.startswith("HTTP/1.1 201"), response[:500]
+    # 202 processing; 201 when an earlier test's same bytes are ready already (then they are reused)
+    assert response.startswith(("HTTP/1.1 201", "HTTP/1.1 202")), response[:500]
 
 
 # ---------- models: hostile files and bad outputs ----------
