@@ -279,6 +279,11 @@ def running_stack(
     """A fresh PostgreSQL database and Redis db (or `broker_url`), migrated, with the API,
     `workers` workers of `concurrency` processes (None: the default) and the scheduler running;
     all torn down afterwards."""
+    if workers > 1:
+        # Several workers stand for several hosts: they share this machine's cores, one part each. At the
+        # default each would take every core, and their thread pools, stalling each other at every
+        # barrier, made chunk times swing 3-7x between runs of the same code (test_fairness, test_faults).
+        overrides.setdefault("SHIFTSCORE_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     database_url = create_pg_database()
     own_broker = broker_url is None
     broker_url = broker_url or claim_redis_db()

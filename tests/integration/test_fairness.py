@@ -36,11 +36,8 @@ FAIRNESS_BOUND = 5
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     try:
-        # Two workers stand for two hosts: one core each. At the default (every core per worker) their
-        # two thread pools shared 2 cores, stalled each other at every barrier, and chunk times here
-        # swung from 31 s to 210 s between runs of the same code.
         with running_stack(tmp_path_factory.mktemp("fairness-stack"), workers=2,
-                           SHIFTSCORE_RECLAIM_PERIOD="1", SHIFTSCORE_TORCH_THREADS="1") as stack:
+                           SHIFTSCORE_RECLAIM_PERIOD="1") as stack:
             assert "SHIFTSCORE_STALE_AFTER" not in stack.env
             yield stack
     finally:
@@ -110,8 +107,8 @@ def test_a_small_sweep_is_not_starved_by_another_tenants_twenty(stack, tenant_a,
 
 def test_a_killed_worker_is_replaced_within_30_s_at_the_defaults(stack, tenant_a, trained, tmp_path):
     # 151x the model's cost: 2 chunks of 38,250 images, one per worker, each well past
-    # SHIFTSCORE_STALE_AFTER (about 40 s on one core), so a live worker keeps its chunk only
-    # through its heartbeats.
+    # SHIFTSCORE_STALE_AFTER (about 40 s on one core: tests.stack splits the cores between workers),
+    # so a live worker keeps its chunk only through its heartbeats.
     very_slow = upload(tenant_a, Slowed(trained, 150), tmp_path / "very_slow.pt")
     # Eager torch: ONNX Runtime would run it fast enough to finish before the kill.
     body = {"model_id": very_slow["id"], "dataset_id": "digits", "shifts": {"dx": [-4, 4], "dy": [-2, 2]},
