@@ -150,6 +150,16 @@ def test_malformed_preprocess_and_preprocess_on_an_npz_are_422(ivy, tmp_path: Pa
     _problem(upload(ivy, small, "crop", preprocess=json.dumps({"center_crop": 24})), "'a/x.png'")
 
 
+def _swept(session, model_id: str, dataset_id: str) -> dict:
+    """A ±2 px sweep of the model over the dataset, succeeded."""
+    response = session.post("/v1/evaluations", json={"model_id": model_id, "dataset_id": dataset_id,
+                                                     "shifts": {"dx": [-2, 2], "dy": [-2, 2]}})
+    assert response.status_code == 202, response.text
+    done = session.wait_evaluation(response.json()["id"])
+    assert done["status"] == "succeeded", done
+    return done
+
+
 def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_path: Path) -> None:
     images, labels = digits_arrays()
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -158,11 +168,7 @@ def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_
     dataset = ivy.upload_dataset(write_zip(tmp_path / "named.zip", files), "named")
     assert dataset["status"] == "ready" and dataset["classes"] == sorted(names), dataset
     model = ivy.wait_model(ivy.upload_model(digits_model_file, DIGITS_INPUT, name="named-digits")["id"])
-    response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": dataset["id"],
-                                                 "shifts": {"dx": [-2, 2], "dy": [-2, 2]}})
-    assert response.status_code == 202, response.text
-    done = ivy.wait_evaluation(response.json()["id"])
-    assert done["status"] == "succeeded", done
+    done = _swept(ivy, model["id"], dataset["id"])
     classes = ivy.get(f"/v1/evaluations/{done['id']}/classes").json()["items"]
     assert [row["name"] for row in classes] == [sorted(names)[row["label"]] for row in classes]
     examples = ivy.get(f"/v1/evaluations/{done['id']}/examples").json()["items"]
@@ -176,11 +182,7 @@ def test_names_and_paths_reach_classes_and_examples(ivy, digits_model_file, tmp_
              files=np.array([f"img{i}.png" for i in range(30)]))
     npz = ivy.upload_dataset(tmp_path / "n.npz", "named-npz")
     assert npz["status"] == "ready" and npz["classes"] == names, npz
-    response = ivy.post("/v1/evaluations", json={"model_id": model["id"], "dataset_id": npz["id"],
-                                                 "shifts": {"dx": [-2, 2], "dy": [-2, 2]}})
-    assert response.status_code == 202, response.text
-    done = ivy.wait_evaluation(response.json()["id"])
-    assert done["status"] == "succeeded", done
+    done = _swept(ivy, model["id"], npz["id"])
     classes = ivy.get(f"/v1/evaluations/{done['id']}/classes").json()["items"]
     assert classes and all(row["name"] == names[row["label"]] for row in classes), classes
     examples = ivy.get(f"/v1/evaluations/{done['id']}/examples").json()["items"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -22,28 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs
 from db.blobs import put_blob
-from db.migrate import upgrade
 from db.models import Dataset, Evaluation, EvaluationChunk, Model, Tenant
-from db.session import make_engine
-from tests.stack import create_pg_database, drop_pg_database
+from tests.migrated_database import database, engine  # noqa: F401 (module fixtures)
 
 pytestmark = pytest.mark.integration
 CHUNKS = 4
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    url = create_pg_database()
-    upgrade(url)
-    yield url
-    drop_pg_database(url)
-
-
-@pytest.fixture(scope="module")
-def engine(database) -> Iterator[Engine]:
-    engine = make_engine(database)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

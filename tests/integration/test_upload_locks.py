@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -29,27 +28,11 @@ import worker.ingestion as ingestion
 from api.http.uploads import Upload
 from core.settings import reset_settings
 from db.blobs import CHUNK_BYTES, put_blob_file
-from db.migrate import upgrade
 from db.models import Blob, BlobChunk, Dataset, Tenant
-from db.session import make_engine, use_database
-from tests.stack import create_pg_database, drop_pg_database
+from db.session import use_database
+from tests.migrated_database import database, engine  # noqa: F401 (module fixtures)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    url = create_pg_database()
-    upgrade(url)
-    yield url
-    drop_pg_database(url)
-
-
-@pytest.fixture(scope="module")
-def engine(database) -> Iterator[Engine]:
-    engine = make_engine(database)
-    yield engine
-    engine.dispose()
 
 
 def new_tenant(engine: Engine, name: str) -> str:
